@@ -1,0 +1,20 @@
+{
+    "name": "Ally SMTP: send from each consultant's own mailbox",
+    "summary": "Mail written in Odoo leaves through the author's own mailbox, "
+    "with a copy in its Sent folder",
+    "version": "18.0.1.0.0",
+    "category": "Productivity/Discuss",
+    "license": "LGPL-3",
+    "author": "Ally SMTP Authors",
+    "website": "https://github.com/ally-intercambio/ally_smtp",
+    "maintainers": ["ally-intercambio"],
+    "development_status": "Alpha",
+    "depends": ["mail", "base_setup"],
+    "external_dependencies": {"python": ["cryptography"]},
+    "data": [
+        "security/ir.model.access.csv",
+        "views/res_config_settings_views.xml",
+        "views/res_users_views.xml",
+    ],
+    "installable": True,
+}

@@ -1,0 +1,173 @@
+"""Turn what a mail server said into a sentence a consultant can act on."""
+
+import imaplib
+import smtplib
+import socket
+import ssl
+
+# kinds drive the send path: stop using credentials, retry later, or give up
+AUTH, TEMPORARY, PERMANENT, CONFIG = "auth", "temporary", "permanent", "config"
+
+
+def _reply(exc):
+    text = exc.smtp_error
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return f"{exc.smtp_code} {text}".replace("\n", " ")
+
+
+def classify(env, exc, host="", port=0, login=""):
+    """Return ``(kind, message)`` for an exception raised talking to a server."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _classify_reply(env, exc, host, login)
+    if isinstance(exc, smtplib.SMTPException | imaplib.IMAP4.error):
+        return _classify_session(env, exc, host, port, login)
+    return _classify_network(env, exc, host, port)
+
+
+def _classify_reply(env, exc, host, login):
+    _ = env._
+    reply = _reply(exc)
+    lower = reply.lower()
+    if (
+        "5.7.139" in reply
+        and "basic authentication is disabled" in lower
+        or ("5.7.30" in reply)
+    ):
+        return AUTH, _(
+            "Microsoft no longer accepts a password for this mailbox (%(reply)s). "
+            "Password sign-in is being retired by Microsoft: ask your Microsoft "
+            "365 administrator, or use the agency server for now.",
+            reply=reply,
+        )
+    if "5.7.139" in reply or "smtpclientauthentication" in lower:
+        return AUTH, _(
+            "SMTP sign-in is switched off for this mailbox in Microsoft 365 "
+            "(%(reply)s). Your Microsoft 365 administrator must enable "
+            "'Authenticated SMTP' for the mailbox.",
+            reply=reply,
+        )
+    if (
+        "5.7.9" in reply
+        or "invalidsecondfactor" in lower
+        or ("application-specific password" in lower)
+    ):
+        return AUTH, _(
+            "Google asks for an App Password (%(reply)s). Keep 2-Step "
+            "Verification turned on in your Google account, create an App "
+            "Password there and enter it here instead of your Google password.",
+            reply=reply,
+        )
+    if exc.smtp_code == 535 and (
+        "badcredentials" in lower or "gmail" in lower or "google" in host
+    ):
+        return AUTH, _(
+            "Google refused the password for %(login)s (%(reply)s). With "
+            "2-Step Verification turned on in your Google account, create an "
+            "App Password and enter it here; your normal Google password does "
+            "not work.",
+            login=login,
+            reply=reply,
+        )
+    if exc.smtp_code in (534, 535) or isinstance(exc, smtplib.SMTPAuthenticationError):
+        return AUTH, _(
+            "The mailbox refused the password for %(login)s (%(reply)s). Enter "
+            "the mailbox password again (not your Odoo password) and test it; "
+            "ally_smtp will not try this password again until you do.",
+            login=login,
+            reply=reply,
+        )
+    if "quota" in lower or "limit" in lower:
+        return TEMPORARY, _(
+            "The mailbox reached its sending limit (%(reply)s). Wait before "
+            "sending more; the mails stay queued.",
+            reply=reply,
+        )
+    if 400 <= exc.smtp_code < 500:
+        return TEMPORARY, _(
+            "The mail server is temporarily unavailable (%(reply)s). It will be "
+            "tried again.",
+            reply=reply,
+        )
+    return PERMANENT, _("The mail server refused it: %(reply)s", reply=reply)
+
+
+def _classify_session(env, exc, host, port, login):
+    _ = env._
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return CONFIG, _(
+            "The server %(host)s does not offer sign-in (AUTH) on port %(port)s. "
+            "Check the port and encryption: 465 uses SSL/TLS, 587 uses STARTTLS.",
+            host=host,
+            port=port,
+        )
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return TEMPORARY, _(
+            "The server %(host)s closed the connection. If this keeps happening, "
+            "check the port and encryption (465 uses SSL/TLS, 587 uses STARTTLS).",
+            host=host,
+        )
+    if isinstance(exc, imaplib.IMAP4.error):
+        detail = str(exc)
+        if "authenticationfailed" in detail.lower() or "login" in detail.lower():
+            return AUTH, _(
+                "The IMAP server refused the password for %(login)s (%(detail)s). "
+                "Enter the mailbox password again (not your Odoo password).",
+                login=login,
+                detail=detail,
+            )
+        return TEMPORARY, _("The IMAP server said: %(detail)s", detail=detail)
+    return PERMANENT, str(exc)
+
+
+def _classify_network(env, exc, host, port):
+    _ = env._
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if "mismatch" in (exc.verify_message or "") or "match" in str(exc):
+            return CONFIG, _(
+                "The certificate of %(host)s is issued for another name. Shared "
+                "hosting often needs the provider's server name (for example "
+                "brNNN.hostgator.com.br) instead of mail.your-domain.",
+                host=host,
+            )
+        return CONFIG, _(
+            "The certificate of %(host)s is not trusted (%(detail)s). Use the "
+            "provider's official server name, or ask your Odoo administrator.",
+            host=host,
+            detail=exc.verify_message or str(exc),
+        )
+    if isinstance(exc, ssl.SSLError):
+        return CONFIG, _(
+            "The encryption does not match port %(port)s of %(host)s (%(detail)s). "
+            "Use SSL/TLS with port 465 and STARTTLS with port 587.",
+            host=host,
+            port=port,
+            detail=exc.reason or str(exc),
+        )
+    if isinstance(exc, socket.gaierror):
+        return CONFIG, _(
+            "The server name %(host)s was not found. Check its spelling.",
+            host=host,
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return TEMPORARY, _(
+            "Nothing answers on %(host)s port %(port)s. Check the port (465 for "
+            "SSL/TLS, 587 for STARTTLS) or try again later.",
+            host=host,
+            port=port,
+        )
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return TEMPORARY, _(
+            "%(host)s did not answer on port %(port)s in time. Check the port and "
+            "that the encryption matches it (465 uses SSL/TLS, 587 uses STARTTLS).",
+            host=host,
+            port=port,
+        )
+    if isinstance(exc, OSError):
+        return TEMPORARY, _(
+            "Could not reach %(host)s port %(port)s: %(detail)s",
+            host=host,
+            port=port,
+            detail=exc.strerror or str(exc),
+        )
+    return PERMANENT, str(exc)

@@ -1,0 +1,109 @@
+"""SMTP and IMAP sessions with verified TLS, and the IMAP Sent folder."""
+
+import imaplib
+import re
+import smtplib
+import ssl
+
+from odoo.tools import config
+
+TIMEOUT = 20
+SENT_FALLBACKS = [
+    "Sent",
+    "INBOX.Sent",
+    "Sent Items",
+    "Sent Messages",
+    "[Gmail]/Sent Mail",
+    "Enviados",
+    "INBOX.Enviados",
+    "Itens Enviados",
+]
+_LIST_RE = re.compile(r'\((?P<flags>[^)]*)\) (?P<sep>"[^"]*"|NIL) (?P<name>.+)')
+
+
+def tls_context(verify=True):
+    """TLS 1.2+; certificates checked unless the company turned it off.
+
+    Odoo 18 does not verify SMTP certificates; a mailbox password must not go
+    to whoever answers on the port. The Odoo option ``ally_smtp_ca_file`` adds
+    a private CA (for an on-premise mail server).
+    """
+    context = ssl.create_default_context()
+    if config.get("ally_smtp_ca_file"):
+        context.load_verify_locations(config["ally_smtp_ca_file"])
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def smtp_connect(host, port, encryption, verify=True, timeout=TIMEOUT):
+    """An SMTP session, encrypted before anything secret is said."""
+    context = tls_context(verify)
+    if encryption == "ssl":
+        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+    connection = smtplib.SMTP(host, port, timeout=timeout)
+    try:
+        connection.starttls(context=context)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def imap_connect(host, port, verify=True, timeout=TIMEOUT):
+    return imaplib.IMAP4_SSL(
+        host, port, ssl_context=tls_context(verify), timeout=timeout
+    )
+
+
+def _unquote(name):
+    if name.startswith('"') and name.endswith('"'):
+        return name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return name
+
+
+def find_sent(imap):
+    """The Sent folder: RFC 6154 ``\\Sent`` first, then the usual names."""
+    _typ, data = imap.list()
+    names = []
+    for item in data or []:
+        if isinstance(item, tuple):  # name sent as a literal
+            match = _LIST_RE.match(item[0].decode(errors="replace").rsplit("{", 1)[0])
+            line_name = item[1].decode(errors="replace")
+        else:
+            match = _LIST_RE.match(item.decode(errors="replace"))
+            line_name = match and _unquote(match.group("name"))
+        if not match:
+            continue
+        if "\\sent" in match.group("flags").lower().split():
+            return line_name
+        names.append(line_name)
+    lowered = {n.lower(): n for n in names}
+    for fallback in SENT_FALLBACKS:
+        if fallback.lower() in lowered:
+            return lowered[fallback.lower()]
+    return None
+
+
+def quote(name):
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def has_message(imap, folder, message_id):
+    """Whether ``folder`` already holds a message with this Message-ID."""
+    typ, _unused = imap.select(quote(folder), readonly=True)
+    if typ != "OK":
+        return False
+    typ, data = imap.uid("SEARCH", "HEADER", "Message-ID", quote(message_id))
+    return typ == "OK" and bool(data and data[0] and data[0].split())
+
+
+def append(imap, folder, raw, date_time):
+    typ, data = imap.append(quote(folder), r"(\Seen)", date_time, raw)
+    if typ != "OK":
+        raise imaplib.IMAP4.error(
+            b" ".join(d for d in data if d).decode(errors="replace")
+        )
+    return data

@@ -1,0 +1,62 @@
+"""Mail provider presets (see shared PROVIDERS.md for the sources)."""
+
+# key: (smtp host, port, encryption, imap host, imap port, sent copy)
+PRESETS = {
+    "gmail": ("smtp.gmail.com", 465, "ssl", "imap.gmail.com", 993, "never"),
+    "microsoft365": (
+        "smtp.office365.com",
+        587,
+        "starttls",
+        "outlook.office365.com",
+        993,
+        "never",
+    ),
+    "outlook": (
+        "smtp-mail.outlook.com",
+        587,
+        "starttls",
+        "outlook.office365.com",
+        993,
+        "never",
+    ),
+    "yahoo": ("smtp.mail.yahoo.com", 465, "ssl", "imap.mail.yahoo.com", 993, "auto"),
+    "zoho": ("smtp.zoho.com", 465, "ssl", "imap.zoho.com", 993, "auto"),
+    "icloud": ("smtp.mail.me.com", 587, "starttls", "imap.mail.me.com", 993, "auto"),
+    "locaweb": ("email-ssl.com.br", 465, "ssl", "email-ssl.com.br", 993, "always"),
+    # cPanel hosts: the server name depends on the account (brNNN.hostgator...).
+    "hostgator": ("", 465, "ssl", "", 993, "always"),
+    "kinghost": (
+        "smtp.kinghost.net",
+        587,
+        "starttls",
+        "imap.kinghost.net",
+        993,
+        "always",
+    ),
+    "uolhost": ("smtps.uhserver.com", 465, "ssl", "imap.uhserver.com", 993, "always"),
+    "hostinger": (
+        "smtp.hostinger.com",
+        465,
+        "ssl",
+        "imap.hostinger.com",
+        993,
+        "always",
+    ),
+    "titan": ("smtp.titan.email", 465, "ssl", "imap.titan.email", 993, "always"),
+    "cpanel": ("", 465, "ssl", "", 993, "always"),
+}
+
+
+def preset_values(provider):
+    """The ``res.company`` values a preset fills, or ``{}`` for custom."""
+    if provider not in PRESETS:
+        return {}
+    host, port, encryption, imap_host, imap_port, sent_copy = PRESETS[provider]
+    return {
+        "ally_smtp_host": host,
+        "ally_smtp_port": port,
+        "ally_smtp_encryption": encryption,
+        "ally_smtp_imap_host": imap_host,
+        "ally_smtp_imap_port": imap_port,
+        "ally_smtp_sent_copy": sent_copy,
+    }

@@ -1,0 +1,195 @@
+import logging
+
+from odoo import _, api, fields, models
+from odoo.exceptions import UserError, ValidationError
+
+from ..lib import errors, mailbox
+
+_logger = logging.getLogger(__name__)
+
+PROVIDERS = [
+    ("gmail", "Gmail / Google Workspace"),
+    ("microsoft365", "Microsoft 365"),
+    ("outlook", "Outlook.com / Hotmail"),
+    ("yahoo", "Yahoo"),
+    ("zoho", "Zoho Mail"),
+    ("icloud", "iCloud"),
+    ("locaweb", "Locaweb"),
+    ("hostgator", "HostGator"),
+    ("kinghost", "KingHost"),
+    ("uolhost", "UOL Host"),
+    ("hostinger", "Hostinger"),
+    ("titan", "Titan"),
+    ("cpanel", "cPanel hosting"),
+    ("custom", "Other (custom server)"),
+]
+
+
+class ResCompany(models.Model):
+    _inherit = "res.company"
+
+    ally_smtp_enabled = fields.Boolean(
+        "Agency email (SMTP)",
+        help="Let users send from their own mailbox on this provider.",
+    )
+    ally_smtp_provider = fields.Selection(
+        PROVIDERS, "Mail provider", default="custom", required=True
+    )
+    ally_smtp_host = fields.Char("SMTP server")
+    ally_smtp_port = fields.Integer("SMTP port", default=465)
+    ally_smtp_encryption = fields.Selection(
+        [("ssl", "SSL/TLS"), ("starttls", "STARTTLS")],
+        "Encryption",
+        default="ssl",
+        required=True,
+        help="SSL/TLS encrypts from the start (usually port 465); STARTTLS "
+        "switches to encryption after connecting (usually port 587).",
+    )
+    ally_smtp_imap_host = fields.Char("IMAP server")
+    ally_smtp_imap_port = fields.Integer("IMAP port", default=993)
+    ally_smtp_sent_copy = fields.Selection(
+        [
+            ("auto", "When the provider did not file it"),
+            ("always", "Always"),
+            ("never", "Never (the provider files it)"),
+        ],
+        "Copy to the Sent folder",
+        default="auto",
+        required=True,
+        help="'When the provider did not file it' looks for the message in the "
+        "Sent folder first and adds a copy only when it is missing.",
+    )
+    ally_smtp_verify_tls = fields.Boolean(
+        "Verify server certificates",
+        default=True,
+        help="Turn off only for a server whose certificate cannot be fixed: "
+        "passwords could then be read by whoever answers on that address.",
+    )
+    ally_smtp_integrated = fields.Boolean(
+        "Integrated", compute="_compute_ally_smtp_integrated", store=True
+    )
+    ally_smtp_integrated_at = fields.Datetime(
+        "Integrated on", compute="_compute_ally_smtp_integrated", store=True
+    )
+
+    @api.constrains(
+        "ally_smtp_enabled",
+        "ally_smtp_host",
+        "ally_smtp_port",
+        "ally_smtp_imap_port",
+    )
+    def _check_ally_smtp(self):
+        for company in self:
+            for port in (company.ally_smtp_port, company.ally_smtp_imap_port):
+                if not 1 <= port <= 65535:
+                    raise ValidationError(
+                        _(
+                            "A port is a number from 1 to 65535, not %(port)s.",
+                            port=port,
+                        )
+                    )
+            host = (company.ally_smtp_host or "").strip()
+            if company.ally_smtp_enabled and not host:
+                raise ValidationError(
+                    _("Enter the SMTP server of the agency's mail provider.")
+                )
+            for value in (host, company.ally_smtp_imap_host or ""):
+                if any(c.isspace() for c in value.strip()) or "/" in value:
+                    raise ValidationError(
+                        _("%(host)s is not a server name.", host=value)
+                    )
+
+    @api.depends(
+        "ally_smtp_enabled",
+        "ally_smtp_host",
+        "ally_smtp_port",
+        "ally_smtp_encryption",
+        "ally_smtp_imap_host",
+        "ally_smtp_imap_port",
+        "ally_smtp_verify_tls",
+    )
+    def _compute_ally_smtp_integrated(self):
+        """Any change of the server makes the integration unchecked again."""
+        self.ally_smtp_integrated = False
+        self.ally_smtp_integrated_at = False
+
+    def action_ally_smtp_integrate(self):
+        """Check that the SMTP and IMAP servers answer as configured."""
+        self.ensure_one()
+        if not self.env.user.has_group("base.group_system"):
+            raise UserError(_("Only a settings administrator can do this."))
+        if not self.ally_smtp_enabled:
+            raise UserError(_("Turn on 'Agency email (SMTP)' first."))
+        self._ally_smtp_check_smtp()
+        self._ally_smtp_check_imap()
+        self.sudo().write(
+            {
+                "ally_smtp_integrated": True,
+                "ally_smtp_integrated_at": fields.Datetime.now(),
+            }
+        )
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {
+                "type": "success",
+                "message": _(
+                    "The agency's mail server %(host)s is integrated. Each user "
+                    "can now enter their mailbox in My Profile.",
+                    host=self.ally_smtp_host,
+                ),
+                "next": {"type": "ir.actions.client", "tag": "soft_reload"},
+            },
+        }
+
+    def _ally_smtp_fail(self, exc, host, port, login=""):
+        _kind, message = errors.classify(self.env, exc, host, port, login)
+        _logger.info("ally_smtp: %s:%s refused: %s", host, port, exc)
+        raise UserError(message) from None
+
+    def _ally_smtp_check_smtp(self):
+        host, port = self.ally_smtp_host.strip(), self.ally_smtp_port
+        try:
+            connection = mailbox.smtp_connect(
+                host,
+                port,
+                self.ally_smtp_encryption,
+                self.ally_smtp_verify_tls,
+                self._ally_smtp_timeout(),
+            )
+            try:
+                connection.ehlo_or_helo_if_needed()
+                offered = connection.has_extn("auth")
+            finally:
+                connection.close()
+        except Exception as exc:  # noqa: BLE001 - every failure gets a message
+            self._ally_smtp_fail(exc, host, port)
+        if not offered:
+            raise UserError(
+                _(
+                    "%(host)s answers but offers no sign-in (AUTH) on port %(port)s.",
+                    host=host,
+                    port=port,
+                )
+            )
+
+    def _ally_smtp_check_imap(self):
+        host = (self.ally_smtp_imap_host or "").strip()
+        if not host:
+            return
+        port = self.ally_smtp_imap_port
+        try:
+            with mailbox.imap_connect(
+                host, port, self.ally_smtp_verify_tls, self._ally_smtp_timeout()
+            ) as imap:
+                imap.capability()
+        except Exception as exc:  # noqa: BLE001
+            self._ally_smtp_fail(exc, host, port)
+
+    def _ally_smtp_ready(self):
+        self.ensure_one()
+        return self.ally_smtp_enabled and bool(self.ally_smtp_host)
+
+    def _ally_smtp_timeout(self):
+        param = self.env["ir.config_parameter"].sudo().get_param("ally_smtp.timeout")
+        return float(param or mailbox.TIMEOUT)

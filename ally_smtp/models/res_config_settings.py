@@ -1,0 +1,43 @@
+from odoo import api, fields, models
+
+from ..lib.providers import preset_values
+
+
+class ResConfigSettings(models.TransientModel):
+    _inherit = "res.config.settings"
+
+    ally_smtp_enabled = fields.Boolean(
+        related="company_id.ally_smtp_enabled", readonly=False
+    )
+    ally_smtp_provider = fields.Selection(
+        related="company_id.ally_smtp_provider", readonly=False
+    )
+    ally_smtp_host = fields.Char(related="company_id.ally_smtp_host", readonly=False)
+    ally_smtp_port = fields.Integer(related="company_id.ally_smtp_port", readonly=False)
+    ally_smtp_encryption = fields.Selection(
+        related="company_id.ally_smtp_encryption", readonly=False
+    )
+    ally_smtp_imap_host = fields.Char(
+        related="company_id.ally_smtp_imap_host", readonly=False
+    )
+    ally_smtp_imap_port = fields.Integer(
+        related="company_id.ally_smtp_imap_port", readonly=False
+    )
+    ally_smtp_sent_copy = fields.Selection(
+        related="company_id.ally_smtp_sent_copy", readonly=False
+    )
+    ally_smtp_verify_tls = fields.Boolean(
+        related="company_id.ally_smtp_verify_tls", readonly=False
+    )
+    ally_smtp_integrated = fields.Boolean(related="company_id.ally_smtp_integrated")
+    ally_smtp_integrated_at = fields.Datetime(
+        related="company_id.ally_smtp_integrated_at"
+    )
+
+    @api.onchange("ally_smtp_provider")
+    def _onchange_ally_smtp_provider(self):
+        self.update(preset_values(self.ally_smtp_provider))
+
+    def action_ally_smtp_integrate(self):
+        self.ensure_one()
+        return self.company_id.action_ally_smtp_integrate()

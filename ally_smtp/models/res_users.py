@@ -1,0 +1,269 @@
+import logging
+
+from odoo import _, api, fields, models
+from odoo.exceptions import AccessError, UserError, ValidationError
+from odoo.tools import email_normalize, email_split
+
+from ..lib import crypto, mailbox
+
+_logger = logging.getLogger(__name__)
+
+MAX_PASSWORD = 256
+OWN_FIELDS = ["ally_smtp_use_own", "ally_smtp_email", "ally_smtp_password"]
+STATE_FIELDS = [
+    "ally_smtp_state",
+    "ally_smtp_last_error",
+    "ally_smtp_tested_at",
+    "ally_smtp_sent_folder",
+    "ally_smtp_password_set",
+    "ally_smtp_available",
+]
+
+
+class ResUsers(models.Model):
+    _inherit = "res.users"
+
+    ally_smtp_use_own = fields.Boolean("Use my own SMTP configuration", copy=False)
+    ally_smtp_email = fields.Char(
+        "SMTP email",
+        copy=False,
+        help="Your mailbox address: mail you write in Odoo is sent from it.",
+    )
+    ally_smtp_password = fields.Char(
+        "SMTP password",
+        compute="_compute_ally_smtp_password",
+        inverse="_inverse_ally_smtp_password",
+        copy=False,
+        help="The password of your mailbox (for Gmail, an App Password), never "
+        "your Odoo password. It is stored encrypted and cannot be read back.",
+    )
+    # Fernet token; only code running as superuser reads it (auth_totp style).
+    ally_smtp_password_crypt = fields.Char(copy=False, groups=fields.NO_ACCESS)
+    ally_smtp_password_set = fields.Boolean(
+        "SMTP password stored", compute="_compute_ally_smtp_password_set"
+    )
+    ally_smtp_state = fields.Selection(
+        [
+            ("off", "Not used"),
+            ("untested", "Not tested"),
+            ("ok", "Working"),
+            ("failed", "Failed"),
+        ],
+        "SMTP status",
+        compute="_compute_ally_smtp_state",
+        store=True,
+        copy=False,
+    )
+    ally_smtp_last_error = fields.Text("SMTP error", copy=False, readonly=True)
+    ally_smtp_tested_at = fields.Datetime("SMTP tested on", copy=False, readonly=True)
+    ally_smtp_sent_folder = fields.Char("Sent folder", copy=False, readonly=True)
+    ally_smtp_available = fields.Boolean(compute="_compute_ally_smtp_available")
+
+    @property
+    def SELF_READABLE_FIELDS(self):
+        return super().SELF_READABLE_FIELDS + OWN_FIELDS + STATE_FIELDS
+
+    @property
+    def SELF_WRITEABLE_FIELDS(self):
+        return super().SELF_WRITEABLE_FIELDS + OWN_FIELDS
+
+    @api.constrains("ally_smtp_use_own", "ally_smtp_email")
+    def _check_ally_smtp_email(self):
+        for user in self:
+            if not user.ally_smtp_use_own and not user.ally_smtp_email:
+                continue
+            address = user.ally_smtp_email or ""
+            if (
+                any(c in address for c in "\r\n")
+                or len(email_split(address)) != 1
+                or email_normalize(address, strict=True) != address.strip().lower()
+            ):
+                raise ValidationError(
+                    _(
+                        "'%(address)s' is not one valid mailbox address. Enter a "
+                        "single address such as ana@agency.com.br.",
+                        address=address,
+                    )
+                )
+            company = user.company_id.sudo()
+            reserved = {
+                email_normalize(a)
+                for a in (company.default_from_email, company.catchall_email)
+                if a
+            }
+            if email_normalize(address) in reserved:
+                raise ValidationError(
+                    _(
+                        "%(address)s is the agency's notification or reply address; "
+                        "use your own mailbox.",
+                        address=address,
+                    )
+                )
+            if user.ally_smtp_use_own and not company._ally_smtp_ready():
+                raise ValidationError(
+                    _(
+                        "Your company has no agency email (SMTP) integration yet. "
+                        "Ask your administrator to set it up in Settings."
+                    )
+                )
+
+    def _compute_ally_smtp_password(self):
+        self.ally_smtp_password = False
+
+    def _inverse_ally_smtp_password(self):
+        for user in self:
+            password = user.ally_smtp_password
+            # The web client sends False for an untouched empty field.
+            if not password:
+                continue
+            user._ally_smtp_check_self()
+            if len(password) > MAX_PASSWORD or any(c in password for c in "\r\n\0"):
+                raise ValidationError(
+                    _(
+                        "This does not look like a mailbox password: at most "
+                        "%(max)s characters on one line.",
+                        max=MAX_PASSWORD,
+                    )
+                )
+            user.sudo().ally_smtp_password_crypt = crypto.encrypt(self.env, password)
+            _logger.info("ally_smtp: mailbox password changed for user %s", user.id)
+
+    def _compute_ally_smtp_password_set(self):
+        for user in self:
+            user.ally_smtp_password_set = bool(user.sudo().ally_smtp_password_crypt)
+
+    @api.depends("ally_smtp_use_own", "ally_smtp_email", "ally_smtp_password_crypt")
+    def _compute_ally_smtp_state(self):
+        """New credentials are untested; the test and the send path set the rest."""
+        for user in self:
+            user.ally_smtp_state = "untested" if user.ally_smtp_use_own else "off"
+
+    @api.depends("company_id.ally_smtp_enabled", "company_id.ally_smtp_host")
+    def _compute_ally_smtp_available(self):
+        for user in self:
+            user.ally_smtp_available = user.company_id.sudo()._ally_smtp_ready()
+
+    def write(self, vals):
+        if {"ally_smtp_email", "ally_smtp_password"} & vals.keys() or vals.get(
+            "ally_smtp_use_own"
+        ):
+            self._ally_smtp_check_self()
+        return super().write(vals)
+
+    def _ally_smtp_check_self(self):
+        """Only the user sets up their own mailbox; admins may only turn it off."""
+        if self.env.su:
+            return
+        if any(user != self.env.user for user in self):
+            raise AccessError(
+                _("Only the user can set up their own mailbox. You can turn it off.")
+            )
+
+    def action_ally_smtp_clear_password(self):
+        self.ensure_one()
+        self._ally_smtp_check_self()
+        self.sudo().write({"ally_smtp_password_crypt": False})
+
+    def action_ally_smtp_test(self):
+        """Sign in to SMTP and IMAP as the user; nothing is sent."""
+        self.ensure_one()
+        self._ally_smtp_check_self()
+        user = self.sudo()
+        try:
+            folder = user._ally_smtp_probe()
+        except UserError as exc:
+            message = exc.args[0]
+            # The UserError rolls the transaction back; keep the outcome anyway.
+            self.env.cr.postrollback.add(
+                lambda: user._ally_smtp_record_after_rollback("failed", message)
+            )
+            raise
+        user.write(
+            {
+                "ally_smtp_state": "ok",
+                "ally_smtp_last_error": False,
+                "ally_smtp_tested_at": fields.Datetime.now(),
+                "ally_smtp_sent_folder": folder,
+            }
+        )
+        message = _(
+            "Your mailbox works. Mail you write in Odoo leaves from %(address)s "
+            "and a copy goes to your folder '%(folder)s'.",
+            address=user.ally_smtp_email,
+            folder=folder or _("(none found)"),
+        )
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {
+                "type": "success",
+                "title": _("SMTP configuration works"),
+                "message": message,
+                "next": {"type": "ir.actions.client", "tag": "soft_reload"},
+            },
+        }
+
+    def _ally_smtp_record_after_rollback(self, state, message):
+        with self.env.registry.cursor() as cr:
+            self.with_env(self.env(cr=cr)).write(
+                {
+                    "ally_smtp_state": state,
+                    "ally_smtp_last_error": message,
+                    "ally_smtp_tested_at": fields.Datetime.now(),
+                }
+            )
+
+    def _ally_smtp_password(self):
+        """The decrypted mailbox password; call as superuser only."""
+        self.ensure_one()
+        assert self.env.su, "mailbox passwords are read as superuser only"
+        if not self.ally_smtp_password_crypt:
+            raise UserError(_("Enter your SMTP password first."))
+        return crypto.decrypt(self.env, self.ally_smtp_password_crypt)
+
+    def _ally_smtp_probe(self):
+        """Log in to SMTP (MAIL FROM/RCPT TO then RSET) and IMAP; return Sent."""
+        company = self.company_id
+        if not (self.ally_smtp_use_own and company._ally_smtp_ready()):
+            raise UserError(_("Turn on 'Use my own SMTP configuration' first."))
+        if not self.ally_smtp_email:
+            raise UserError(_("Enter your SMTP email first."))
+        login, password = self.ally_smtp_email.strip(), self._ally_smtp_password()
+        host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
+        try:
+            connection = mailbox.smtp_connect(
+                host,
+                port,
+                company.ally_smtp_encryption,
+                company.ally_smtp_verify_tls,
+                company._ally_smtp_timeout(),
+            )
+            try:
+                connection.login(login, password)
+                for code, reply in (connection.mail(login), connection.rcpt(login)):
+                    if code >= 400:
+                        raise mailbox.smtplib.SMTPResponseException(code, reply)
+                connection.rset()
+            finally:
+                connection.close()
+        except Exception as exc:  # noqa: BLE001 - every failure gets a message
+            company._ally_smtp_fail(exc, host, port, login)
+        if not company.ally_smtp_imap_host:
+            return False
+        host, port = company.ally_smtp_imap_host.strip(), company.ally_smtp_imap_port
+        try:
+            with mailbox.imap_connect(
+                host, port, company.ally_smtp_verify_tls, company._ally_smtp_timeout()
+            ) as imap:
+                imap.login(login, password)
+                folder = mailbox.find_sent(imap)
+        except Exception as exc:  # noqa: BLE001
+            company._ally_smtp_fail(exc, host, port, login)
+        if not folder:
+            raise UserError(
+                _(
+                    "Signing in works, but no Sent folder was found in your mailbox. "
+                    "Create a folder named 'Sent' in your webmail."
+                )
+            )
+        return folder

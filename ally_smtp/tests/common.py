@@ -1,0 +1,175 @@
+"""Fixtures: the harness's real SMTP/IMAP servers, a company wired to them."""
+
+import contextlib
+import email
+import imaplib
+import json
+import os
+import ssl
+import urllib.request
+import uuid
+from unittest.mock import patch
+
+from odoo import modules
+from odoo.tests import TransactionCase, new_test_user
+
+
+def harness():
+    path = os.environ.get("ALLY_SMTP_HARNESS")
+    if not path:
+        raise RuntimeError(
+            "ALLY_SMTP_HARNESS is not set: run the tests with `make test`, which "
+            "starts the SMTP and IMAP servers they talk to."
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+class SmtpServer:
+    """Client of the harness SMTP server's control API."""
+
+    def __init__(self, info):
+        self.url = info["smtp_control"]
+        self.host = info["smtp"]["host"]
+        self.ports = info["smtp"]["ports"]
+
+    def _call(self, path, payload=None):
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(self.url + path, data=data)
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return json.loads(reply.read())
+
+    def reset(self):
+        self._call("/reset", {})
+
+    def fail(self, stage, reply, times=None, login=None):
+        """Make the server answer ``reply`` (or "drop") at ``stage``."""
+        fault = {"stage": stage, "reply": reply, "times": times, "login": login}
+        self._call("/faults", [fault])
+
+    def autosave(self, on=True):
+        self._call("/config", {"autosave": on})
+
+    def state(self):
+        return self._call("/state")
+
+    def messages(self):
+        return self.state()["messages"]
+
+    def auth_attempts(self, login=None):
+        return [
+            event
+            for session in self.state()["sessions"]
+            for event in session["events"]
+            if event[0] == "auth" and (login is None or event[1] == login)
+        ]
+
+
+class Mailbox:
+    """Read a harness mailbox over IMAP, the way a mail client would."""
+
+    def __init__(self, info, login):
+        self.info, self.login = info, login
+        self.password = info["mailboxes"][login]
+
+    @contextlib.contextmanager
+    def connect(self):
+        context = ssl.create_default_context(cafile=self.info["ca_file"])
+        imap = imaplib.IMAP4_SSL(
+            self.info["imap"]["host"],
+            self.info["imap"]["port"],
+            ssl_context=context,
+            timeout=10,
+        )
+        with imap:
+            imap.login(self.login, self.password)
+            yield imap
+
+    def messages(self, folder):
+        """[(flags, email.message.Message)] of ``folder``."""
+        result = []
+        with self.connect() as imap:
+            imap.select(folder, readonly=True)
+            _typ, data = imap.uid("SEARCH", "ALL")
+            for uid in data[0].split():
+                _typ, parts = imap.uid("FETCH", uid, "(FLAGS RFC822)")
+                flags = imaplib.ParseFlags(parts[0][0])
+                result.append((flags, email.message_from_bytes(parts[0][1])))
+        return result
+
+    def find(self, folder, message_id):
+        return [
+            (flags, msg)
+            for flags, msg in self.messages(folder)
+            if (msg["Message-Id"] or "").strip() == message_id
+        ]
+
+    def purge(self):
+        with self.connect() as imap:
+            for folder in ("INBOX", "Sent"):
+                imap.select(folder)
+                imap.store("1:*", "+FLAGS", r"(\Deleted)")
+                imap.expunge()
+
+
+class AllySmtpCase(TransactionCase):
+    """A company integrated with the harness provider, and consultants."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.harness = harness()
+        cls.smtp = SmtpServer(cls.harness)
+        cls.company = cls.env.company
+        cls.company.write(cls.company_values())
+        cls.alice = cls.consultant("alice@agency.test", name="Alice Consultant")
+        cls.bob = cls.consultant("bob@agency.test", name="Bob Consultant")
+
+    def setUp(self):
+        super().setUp()
+        self.smtp.reset()
+        self.env["ir.config_parameter"].sudo().set_param("ally_smtp.timeout", "3")
+
+    @classmethod
+    def company_values(cls, encryption="ssl", **values):
+        port = cls.harness["smtp"]["ports"][
+            "ssl" if encryption == "ssl" else "starttls"
+        ]
+        return {
+            "ally_smtp_enabled": True,
+            "ally_smtp_provider": "custom",
+            "ally_smtp_host": cls.harness["smtp"]["host"],
+            "ally_smtp_port": port,
+            "ally_smtp_encryption": encryption,
+            "ally_smtp_imap_host": cls.harness["imap"]["host"],
+            "ally_smtp_imap_port": cls.harness["imap"]["port"],
+            "ally_smtp_sent_copy": "auto",
+            "ally_smtp_verify_tls": True,
+            **values,
+        }
+
+    @classmethod
+    def consultant(cls, mailbox, password=None, **values):
+        """An internal user with ``mailbox`` of the harness as their own."""
+        login = mailbox.split("@")[0] + "-" + uuid.uuid4().hex[:6]
+        user = new_test_user(
+            cls.env,
+            login=login,
+            groups="base.group_user",
+            email=mailbox,
+            **values,
+        )
+        user.with_user(user).write(
+            {
+                "ally_smtp_use_own": True,
+                "ally_smtp_email": mailbox,
+                "ally_smtp_password": password or cls.harness["mailboxes"][mailbox],
+            }
+        )
+        return user
+
+    @contextlib.contextmanager
+    def live(self):
+        """Let Odoo really talk SMTP inside this block (tests block it)."""
+        with patch.object(modules.module, "current_test", False):
+            yield

@@ -1,0 +1,5 @@
+"""Local mail provider and database for ally_smtp's tests and demo.
+
+Everything runs on loopback, on ports chosen at run time, under one temporary
+directory that is removed when the harness stops.
+"""

@@ -1,0 +1,278 @@
+"""Start and stop the harness's PostgreSQL, Dovecot and SMTP servers."""
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import tls
+
+ROOT = Path(__file__).resolve().parent.parent
+IS_ROOT = os.geteuid() == 0
+
+# Mailboxes of the local provider. Passwords are drawn for every run.
+MAILBOXES = [
+    "alice@agency.test",
+    "bob@agency.test",
+    "carol@agency.test",
+    "student1@school.test",
+    "student2@school.test",
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def run(cmd, user=None, **kwargs):
+    if user and IS_ROOT:
+        cmd = ["runuser", "-u", user, "--", *cmd]
+    return subprocess.run(cmd, check=kwargs.pop("check", True), **kwargs)
+
+
+class Services:
+    """The local provider and database, all under one temporary directory."""
+
+    def __init__(self, workdir=None, mailboxes=MAILBOXES):
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="ally_smtp-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        self.mailboxes = {m: secrets.token_urlsafe(12) for m in mailboxes}
+        self.procs = []
+        self.stoppers = []
+        self.info = {"dir": str(self.dir)}
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self):
+        self._certificates()
+        self._postgres()
+        self._dovecot()
+        self._smtpd()
+        self.info["mailboxes"] = self.mailboxes
+        path = self.dir / "harness.json"
+        path.write_text(json.dumps(self.info, indent=2))
+        path.chmod(0o600)
+        self.info_file = path
+        return self
+
+    def stop(self):
+        for stop in reversed(self.stoppers):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                print(f"harness: while stopping: {exc}", file=sys.stderr)
+        self.stoppers.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- pieces --------------------------------------------------------------
+    def _certificates(self):
+        certs = self.dir / "tls"
+        certs.mkdir()
+        certs.chmod(0o755)
+        ca = tls.make_ca(certs)
+        self.info["ca_file"] = str(certs / "ca.crt")
+        self.cert, self.key = tls.make_server_cert(certs, "server", ca)
+        rogue_dir = certs / "rogue"  # a CA nobody is told to trust
+        rogue_dir.mkdir()
+        rogue = tls.make_ca(rogue_dir, common_name="untrusted CA")
+        self.untrusted = tls.make_server_cert(certs, "untrusted", rogue)
+
+    def _postgres(self):
+        bindir = max(glob.glob("/usr/lib/postgresql/*/bin"))
+        data = self.dir / "pg"
+        data.mkdir()
+        if IS_ROOT:
+            shutil.chown(data, "postgres", "postgres")
+        port = free_port()
+        run(
+            [f"{bindir}/initdb", "-D", str(data), "-U", "odoo", "-A", "trust"],
+            user="postgres",
+            stdout=subprocess.DEVNULL,
+        )
+        opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off"
+        run(
+            [f"{bindir}/pg_ctl", "-D", str(data), "-o", opts, "-w", "-l"]
+            + [str(data / "log"), "start"],
+            user="postgres",
+            stdout=subprocess.DEVNULL,
+        )
+        self.stoppers.append(
+            lambda: run(
+                [f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
+                user="postgres",
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        self.info["db"] = {"host": "127.0.0.1", "port": port, "user": "odoo"}
+        self.info["pg_bin"] = bindir
+
+    def _dovecot(self):
+        base = self.dir / "dovecot"
+        (base / "run").mkdir(parents=True)
+        (base / "state").mkdir()
+        mail = self.dir / "mail"
+        mail.mkdir()
+        passwd = []
+        for login, password in self.mailboxes.items():
+            crypt = run(
+                ["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", password],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            passwd.append(f"{login}:{crypt}::::::")
+        (base / "users").write_text("\n".join(passwd) + "\n")
+        port = free_port()
+        conf = base / "dovecot.conf"
+        conf.write_text(
+            DOVECOT_CONF.format(
+                base=base,
+                mail=mail,
+                port=port,
+                cert=self.cert,
+                key=self.key,
+                user="dovenull" if IS_ROOT else os.environ.get("USER", ""),
+            )
+        )
+        if IS_ROOT:
+            for path in (mail, base / "users"):
+                shutil.chown(path, "dovenull", "dovenull")
+        run(
+            ["dovecot", "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.stoppers.append(
+            lambda: run(
+                ["doveadm", "-c", str(conf), "stop"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_port(port)
+        self.info["imap"] = {"host": "localhost", "port": port}
+
+    def _smtpd(self):
+        ports = {name: free_port() for name in ("ssl", "starttls", "untrusted")}
+        users = self.dir / "smtpd-users.json"
+        users.write_text(json.dumps(self.mailboxes))
+        users.chmod(0o600)
+        control = free_port()
+        config = self.dir / "smtpd.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "users": str(users),
+                    "ports": ports,
+                    "control_port": control,
+                    "imap_port": self.info["imap"]["port"],
+                    "cert": str(self.cert),
+                    "key": str(self.key),
+                    "untrusted_cert": str(self.untrusted[0]),
+                    "untrusted_key": str(self.untrusted[1]),
+                }
+            )
+        )
+        log = open(self.dir / "smtpd.log", "wb")  # noqa: SIM115 - lives with proc
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.smtpd", str(config)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        self.stoppers.append(lambda: (proc.terminate(), proc.wait(10), log.close()))
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(
+                "the SMTP server did not start:\n"
+                + (self.dir / "smtpd.log").read_text()
+            )
+        self.info["smtp"] = {"host": "localhost", "ports": ports}
+        self.info["smtp_control"] = f"http://127.0.0.1:{control}"
+
+
+DOVECOT_CONF = """\
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+first_valid_uid = 1
+default_internal_user = {user}
+default_login_user = {user}
+mail_uid = {user}
+mail_gid = {user}
+mail_location = maildir:{mail}/%u
+ssl = required
+ssl_cert = <{cert}
+ssl_key = <{key}
+auth_mechanisms = plain login
+disable_plaintext_auth = yes
+passdb {{
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT {base}/users
+}}
+userdb {{
+  driver = static
+  args = uid={user} gid={user} home={mail}/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {port}
+    ssl = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Sent {{
+    special_use = \\Sent
+    auto = subscribe
+  }}
+  mailbox Drafts {{
+    special_use = \\Drafts
+    auto = subscribe
+  }}
+}}
+"""
