@@ -58,7 +58,7 @@ def lint():
     return not failed
 
 
-def pytest(odoo_path, services, config, junit):
+def pytest(odoo_path, services, config, junit, extra=()):
     env = dict(
         os.environ,
         PYTHONPATH=str(odoo_path),
@@ -74,7 +74,7 @@ def pytest(odoo_path, services, config, junit):
         f"--odoo-database={TEST_DB}",
         f"--junitxml={junit}",
         "-rs",
-        f"{ADDON}/tests",
+        *(extra or [f"{ADDON}/tests"]),
     ]
     return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
 
@@ -89,14 +89,14 @@ def cmd_test(args):
     odoo_path = find_odoo()
     print(f"harness: Odoo found at {odoo_path}", flush=True)
     ensure_dependencies(odoo_path)
-    ok = lint()
+    ok = lint() if not args.pytest_args else True
     with Services() as services:
         config = write_config(services, odoo_path, services.dir / "odoo.conf")
         step(f"install {ADDON} in a new database")
         install(odoo_path, config, TEST_DB, "--without-demo=all")
         step("tests (pytest-odoo)")
         junit = services.dir / "junit.xml"
-        code = pytest(odoo_path, services, config, junit)
+        code = pytest(odoo_path, services, config, junit, args.pytest_args)
         ok = ok and code == 0
         if junit.exists() and skipped(junit):
             print(f"harness: {skipped(junit)} test(s) skipped: failing", flush=True)
@@ -109,7 +109,12 @@ def main():
     signal.signal(signal.SIGTERM, _stop_on_term)
     parser = argparse.ArgumentParser(prog="python3 -m harness")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("test", help="run every test and linter against real servers")
+    test = sub.add_parser("test", help="run every test and linter on real servers")
+    test.add_argument(
+        "pytest_args",
+        nargs=argparse.REMAINDER,
+        help="run only these pytest arguments (no linters), e.g. -k credentials",
+    )
     args = parser.parse_args()
     return {"test": cmd_test}[args.command](args)
 

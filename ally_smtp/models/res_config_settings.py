@@ -1,4 +1,5 @@
-from odoo import api, fields, models
+from odoo import _, api, fields, models
+from odoo.exceptions import AccessError
 
 from ..lib.providers import preset_values
 
@@ -37,6 +38,24 @@ class ResConfigSettings(models.TransientModel):
     @api.onchange("ally_smtp_provider")
     def _onchange_ally_smtp_provider(self):
         self.update(preset_values(self.ally_smtp_provider))
+
+    def action_ally_smtp_rotate_keys(self):
+        """Re-encrypt the stored mailbox passwords with the newest key."""
+        self.ensure_one()
+        if not self.env.user.has_group("base.group_system"):
+            raise AccessError(_("Only a settings administrator can do this."))
+        count = self.env["res.users"]._ally_smtp_rotate_keys()
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {
+                "type": "success",
+                "message": _(
+                    "%(count)s mailbox password(s) re-encrypted with the newest key.",
+                    count=count,
+                ),
+            },
+        }
 
     def action_ally_smtp_integrate(self):
         self.ensure_one()

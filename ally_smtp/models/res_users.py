@@ -125,14 +125,20 @@ class ResUsers(models.Model):
                         max=MAX_PASSWORD,
                     )
                 )
-            user.sudo().ally_smtp_password_crypt = crypto.encrypt(self.env, password)
+            user.sudo().write(
+                {
+                    "ally_smtp_password_crypt": crypto.encrypt(self.env, password),
+                    "ally_smtp_state": "untested",
+                }
+            )
             _logger.info("ally_smtp: mailbox password changed for user %s", user.id)
 
+    @api.depends("ally_smtp_password_crypt")
     def _compute_ally_smtp_password_set(self):
         for user in self:
             user.ally_smtp_password_set = bool(user.sudo().ally_smtp_password_crypt)
 
-    @api.depends("ally_smtp_use_own", "ally_smtp_email", "ally_smtp_password_crypt")
+    @api.depends("ally_smtp_use_own", "ally_smtp_email")
     def _compute_ally_smtp_state(self):
         """New credentials are untested; the test and the send path set the rest."""
         for user in self:
@@ -154,9 +160,12 @@ class ResUsers(models.Model):
         """Only the user sets up their own mailbox; admins may only turn it off."""
         if self.env.su:
             return
-        if any(user != self.env.user for user in self):
+        if any(user != self.env.user or not user._is_internal() for user in self):
             raise AccessError(
-                _("Only the user can set up their own mailbox. You can turn it off.")
+                _(
+                    "Only internal users set up their own mailbox, each their own. "
+                    "An administrator can only turn it off."
+                )
             )
 
     def action_ally_smtp_clear_password(self):
@@ -213,6 +222,26 @@ class ResUsers(models.Model):
                 }
             )
 
+    @api.model
+    def _ally_smtp_rotate_keys(self):
+        """Re-encrypt every stored password with the newest key."""
+        users = (
+            self.sudo()
+            .with_context(active_test=False)
+            .search([("ally_smtp_password_crypt", "!=", False)])
+        )
+        for user in users:
+            token = crypto.rotate(self.env, user.ally_smtp_password_crypt)
+            if token:
+                user.ally_smtp_password_crypt = token
+            else:
+                _logger.warning(
+                    "ally_smtp: the password of user %s cannot be decrypted with "
+                    "any configured key; left as it is",
+                    user.id,
+                )
+        return len(users)
+
     def _ally_smtp_password(self):
         """The decrypted mailbox password; call as superuser only."""
         self.ensure_one()
@@ -244,6 +273,7 @@ class ResUsers(models.Model):
                     if code >= 400:
                         raise mailbox.smtplib.SMTPResponseException(code, reply)
                 connection.rset()
+                connection.quit()
             finally:
                 connection.close()
         except Exception as exc:  # noqa: BLE001 - every failure gets a message

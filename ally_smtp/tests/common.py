@@ -5,6 +5,7 @@ import email
 import imaplib
 import json
 import os
+import socket
 import ssl
 import urllib.request
 import uuid
@@ -23,6 +24,13 @@ def harness():
         )
     with open(path) as f:
         return json.load(f)
+
+
+def free_port():
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class SmtpServer:
