@@ -2,7 +2,7 @@
 # `odoo`, else $ODOO_PATH, else /opt/odoo.
 PYTHON ?= python3
 
-.PHONY: test demo mailbox
+.PHONY: test demo mailbox i18n
 test:
 	$(PYTHON) -m harness test
 
@@ -11,3 +11,7 @@ demo:
 
 mailbox:
 	$(PYTHON) -m harness mailbox $(USER)
+
+# Export ally_smtp/i18n/ally_smtp.pot and update the .po files from it.
+i18n:
+	$(PYTHON) -m harness i18n

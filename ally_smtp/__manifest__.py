@@ -13,6 +13,9 @@
     "external_dependencies": {"python": ["cryptography"]},
     "data": [
         "security/ir.model.access.csv",
+        "security/ally_smtp_security.xml",
+        "data/ir_cron_data.xml",
+        "views/ally_smtp_sent_copy_views.xml",
         "views/res_config_settings_views.xml",
         "views/res_users_views.xml",
     ],

@@ -1,18 +1,27 @@
-"""``python3 -m harness test|demo|mailbox LOGIN`` — see README.md."""
+"""``python3 -m harness test|i18n|demo|mailbox LOGIN`` — see README.md."""
 
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
 from .odoo import ensure_dependencies, find_odoo, odoo_bin, write_config
-from .services import ROOT, Services
+from .services import IS_ROOT, ROOT, Services
 
 ADDON = "ally_smtp"
 TEST_DB = "ally_smtp_test"
+I18N_DB = "ally_smtp_i18n"
+I18N_DIR = ROOT / ADDON / "i18n"
+LANGUAGES = ["pt_BR"]  # every other <lang>.po already in I18N_DIR is updated too
+PLURAL_FORMS = {  # as in Odoo's own translations of that language
+    "pt_BR": "nplurals=3; plural=(n == 0 || n == 1) ? 0 : "
+    "n != 0 && n % 1000000 == 0 ? 1 : 2;",
+}
+POT_DATES = re.compile(r'^"(POT-Creation-Date|PO-Revision-Date): .*\\n"$', re.MULTILINE)
 LOG_PROBLEM = re.compile(r"^\S+ \S+ \d+ (WARNING|ERROR|CRITICAL) ", re.MULTILINE)
 
 
@@ -79,6 +88,113 @@ def pytest(odoo_path, services, config, junit, extra=()):
     return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
 
 
+def ensure_gettext():
+    """msgmerge and friends come with Debian's gettext."""
+    if all(shutil.which(c) for c in ("msgmerge", "msginit", "msgattrib", "msgfmt")):
+        return
+    if not IS_ROOT:
+        raise SystemExit(
+            "ally_smtp: missing Debian package, install it as root: gettext"
+        )
+    print("harness: installing gettext", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "gettext"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def export_pot(odoo_path, config, db, pot):
+    """Export the addon's terms from ``db`` to the template ``pot``.
+
+    The template is left untouched when only its dates would change, so that
+    running again without new strings changes no file.
+    """
+    exported = config.parent / pot.name
+    log = config.parent / f"export-{db}.log"
+    result = odoo_bin(
+        odoo_path,
+        config,
+        "-d",
+        db,
+        f"--i18n-export={exported}",
+        f"--modules={ADDON}",
+        "--stop-after-init",
+        "--no-http",
+        f"--logfile={log}",
+    )
+    text = log.read_text() if log.exists() else ""
+    if result.returncode or not exported.exists() or LOG_PROBLEM.search(text):
+        print("\n".join(text.splitlines()[-40:]), file=sys.stderr)
+        raise SystemExit(f"exporting the terms of {ADDON} from {db} failed")
+    gettext("msgfmt", "--check-format", "-o", os.devnull, exported)
+    new = exported.read_text()
+    old = pot.read_text() if pot.exists() else ""
+    if POT_DATES.sub("", new) != POT_DATES.sub("", old):
+        shutil.copyfile(exported, pot)
+    return count_entries(new)
+
+
+def count_entries(text):
+    """How many messages the .po/.pot ``text`` has, its header not counted."""
+    return len(re.findall(r'^msgid (?!""\nmsgstr )', text, re.MULTILINE))
+
+
+def gettext(*cmd, **kwargs):
+    result = subprocess.run([str(c) for c in cmd], cwd=ROOT, check=False, **kwargs)
+    if result.returncode:
+        raise SystemExit(f"harness: {cmd[0]} failed on {cmd[-1]}")
+    return result
+
+
+def set_header(text, field, value):
+    """Set ``field`` in the header of the .po ``text``, which must have it."""
+    line = f'"{field}: {value}\\n"'
+    pattern = rf'^"{re.escape(field)}: .*\\n"$'
+    return re.sub(pattern, lambda _: line, text, count=1, flags=re.MULTILINE)
+
+
+def update_po(pot, po):
+    """Bring ``po`` in line with ``pot``, keeping its translations."""
+    lang = po.stem
+    if not po.exists():
+        gettext(
+            "msginit",
+            "--no-translator",
+            "--no-wrap",
+            f"--locale={lang}.UTF-8",
+            f"--input={pot}",
+            f"--output-file={po}",
+        )
+        text = po.read_text()
+        for field in ("Last-Translator", "Language-Team"):  # as Odoo's .pot
+            text = set_header(text, field, "")
+        text = set_header(text, "Language", lang)
+        if lang in PLURAL_FORMS:
+            text = set_header(text, "Plural-Forms", PLURAL_FORMS[lang])
+        po.write_text(text)
+    gettext(
+        "msgmerge",
+        "--quiet",
+        "--update",
+        "--backup=none",
+        "--no-fuzzy-matching",
+        "--no-wrap",
+        po,
+        pot,
+    )
+    # Drop the entries of strings the addon no longer has (git keeps them).
+    gettext("msgattrib", "--no-obsolete", "--no-wrap", f"--output-file={po}", po)
+    gettext("msgfmt", "--check", "-o", os.devnull, po)
+    untranslated = gettext(
+        "msgattrib", "--untranslated", "--no-wrap", po, capture_output=True, text=True
+    ).stdout
+    return count_entries(untranslated)
+
+
 def skipped(junit):
     """Skipped tests count as failures: a test that did not run proved nothing."""
     root = ET.parse(junit).getroot()
@@ -105,6 +221,31 @@ def cmd_test(args):
     return 0 if ok else 1
 
 
+def cmd_i18n(args):
+    odoo_path = find_odoo()
+    print(f"harness: Odoo found at {odoo_path}", flush=True)
+    ensure_dependencies(odoo_path)
+    ensure_gettext()
+    I18N_DIR.mkdir(exist_ok=True)
+    pot = I18N_DIR / f"{ADDON}.pot"
+    with Services() as services:
+        config = write_config(services, odoo_path, services.dir / "odoo.conf")
+        step(f"install {ADDON} in a new database")
+        install(odoo_path, config, I18N_DB, "--without-demo=all")
+        step(f"export {pot.relative_to(ROOT)}")
+        terms = export_pot(odoo_path, config, I18N_DB, pot)
+    print(f"harness: {terms} term(s) to translate", flush=True)
+    pos = {I18N_DIR / f"{lang}.po" for lang in LANGUAGES} | set(I18N_DIR.glob("*.po"))
+    missing = 0
+    for po in sorted(pos):
+        step(f"update {po.relative_to(ROOT)}")
+        untranslated = update_po(pot, po)
+        missing += untranslated
+        print(f"harness: {untranslated} term(s) without translation", flush=True)
+    print("\nharness:", "all translated" if not missing else "NOT all translated")
+    return 0
+
+
 def main():
     signal.signal(signal.SIGTERM, _stop_on_term)
     parser = argparse.ArgumentParser(prog="python3 -m harness")
@@ -115,8 +256,13 @@ def main():
         nargs=argparse.REMAINDER,
         help="run only these pytest arguments (no linters), e.g. -k credentials",
     )
+    sub.add_parser(
+        "i18n",
+        help=f"export {ADDON}.pot and update the .po files from it, keeping "
+        "their translations",
+    )
     args = parser.parse_args()
-    return {"test": cmd_test}[args.command](args)
+    return {"test": cmd_test, "i18n": cmd_i18n}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ def _reply(exc):
 
 def classify(env, exc, host="", port=0, login=""):
     """Return ``(kind, message)`` for an exception raised talking to a server."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        # every recipient refused: classify the first reply
+        code, text = next(iter(exc.recipients.values()))
+        exc = smtplib.SMTPResponseException(code, text)
     if isinstance(exc, smtplib.SMTPResponseException):
         return _classify_reply(env, exc, host, login)
     if isinstance(exc, smtplib.SMTPException | imaplib.IMAP4.error):

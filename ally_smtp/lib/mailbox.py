@@ -38,12 +38,32 @@ def tls_context(verify=True):
     return context
 
 
+class _QuitQuietly:
+    """Odoo 18's ``mail.mail.send()`` calls ``quit()`` unguarded in ``finally``:
+    a server that hangs up first must not abort the rest of the queue run."""
+
+    def quit(self):
+        try:
+            return super().quit()
+        except (smtplib.SMTPServerDisconnected, OSError):
+            self.close()
+            return None
+
+
+class SMTP(_QuitQuietly, smtplib.SMTP):
+    pass
+
+
+class SMTP_SSL(_QuitQuietly, smtplib.SMTP_SSL):
+    pass
+
+
 def smtp_connect(host, port, encryption, verify=True, timeout=TIMEOUT):
     """An SMTP session, encrypted before anything secret is said."""
     context = tls_context(verify)
     if encryption == "ssl":
-        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
-    connection = smtplib.SMTP(host, port, timeout=timeout)
+        return SMTP_SSL(host, port, timeout=timeout, context=context)
+    connection = SMTP(host, port, timeout=timeout)
     try:
         connection.starttls(context=context)
     except BaseException:

@@ -113,6 +113,19 @@ class ResCompany(models.Model):
         self.ally_smtp_integrated = False
         self.ally_smtp_integrated_at = False
 
+    def write(self, vals):
+        result = super().write(vals)
+        if any(key.startswith("ally_smtp_") for key in vals):
+            users = (
+                self.env["res.users"]
+                .sudo()
+                .search(
+                    [("company_id", "in", self.ids), ("ally_smtp_use_own", "=", True)]
+                )
+            )
+            users._ally_smtp_sync_server()
+        return result
+
     def action_ally_smtp_integrate(self):
         """Check that the SMTP and IMAP servers answer as configured."""
         self.ensure_one()

@@ -154,7 +154,63 @@ class ResUsers(models.Model):
             "ally_smtp_use_own"
         ):
             self._ally_smtp_check_self()
-        return super().write(vals)
+        result = super().write(vals)
+        if {"ally_smtp_use_own", "ally_smtp_email", "company_id", "name"} & vals.keys():
+            self._ally_smtp_sync_server()
+        return result
+
+    def _ally_smtp_sync_server(self):
+        """Keep one personal ``ir.mail_server`` per user with a mailbox."""
+        Server = self.env["ir.mail_server"].sudo().with_context(active_test=False)
+        for user in self.sudo():
+            server = Server.search([("ally_smtp_owner_id", "=", user.id)])
+            company = user.company_id
+            if not (
+                user.ally_smtp_use_own
+                and user.ally_smtp_email
+                and company._ally_smtp_ready()
+            ):
+                server.unlink()
+                continue
+            address = user.ally_smtp_email.strip().lower()
+            values = {
+                "name": self.env._("Mailbox of %(name)s", name=user.name),
+                "smtp_host": company.ally_smtp_host.strip(),
+                "smtp_port": company.ally_smtp_port,
+                "smtp_encryption": company.ally_smtp_encryption,
+                "smtp_authentication": "login",
+                "smtp_user": address,
+                "smtp_pass": False,
+                "from_filter": address,
+                "sequence": 1000,
+                "active": True,
+                "ally_smtp_owner_id": user.id,
+            }
+            if server:
+                server.write(values)
+            else:
+                Server.create(values)
+
+    def _ally_smtp_auth_failed(self, message):
+        """The mailbox refused the password: stop using it and tell the user."""
+        self.ensure_one()
+        self.sudo().write(
+            {
+                "ally_smtp_state": "failed",
+                "ally_smtp_last_error": message,
+                "ally_smtp_tested_at": fields.Datetime.now(),
+            }
+        )
+        self.env["bus.bus"]._sendone(
+            self.partner_id,
+            "simple_notification",
+            {
+                "type": "danger",
+                "sticky": True,
+                "title": self.env._("Your mail could not be sent"),
+                "message": message,
+            },
+        )
 
     def _ally_smtp_check_self(self):
         """Only the user sets up their own mailbox; admins may only turn it off."""
@@ -187,6 +243,7 @@ class ResUsers(models.Model):
                 lambda: user._ally_smtp_record_after_rollback("failed", message)
             )
             raise
+        user._ally_smtp_sync_server()
         user.write(
             {
                 "ally_smtp_state": "ok",

@@ -115,9 +115,10 @@ class Mailbox:
     def purge(self):
         with self.connect() as imap:
             for folder in ("INBOX", "Sent"):
-                imap.select(folder)
-                imap.store("1:*", "+FLAGS", r"(\Deleted)")
-                imap.expunge()
+                _typ, count = imap.select(folder)
+                if int(count[0]):
+                    imap.store("1:*", "+FLAGS", r"(\Deleted)")
+                    imap.expunge()
 
 
 class AllySmtpCase(TransactionCase):
@@ -163,7 +164,7 @@ class AllySmtpCase(TransactionCase):
         user = new_test_user(
             cls.env,
             login=login,
-            groups="base.group_user",
+            groups="base.group_user,base.group_partner_manager",
             email=mailbox,
             **values,
         )

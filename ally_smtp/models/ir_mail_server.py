@@ -1,0 +1,122 @@
+import logging
+import smtplib
+
+from odoo import api, fields, models, modules
+
+from odoo.addons.base.models.ir_mail_server import MailDeliveryException
+
+from ..lib import errors, mailbox
+
+_logger = logging.getLogger(__name__)
+
+
+FAILURES = "ally_smtp.failures"
+
+
+class AllySmtpDeliveryError(MailDeliveryException):
+    """A personal mailbox failed; its text says what to fix."""
+
+
+def _failed(user, kind, message):
+    """Remember why ``user``'s mail failed until ``mail.mail`` post-processes it."""
+    user.env.cr.postcommit.data.setdefault(FAILURES, {})[user.id] = kind
+    if kind == errors.AUTH:
+        user._ally_smtp_auth_failed(message)
+    return AllySmtpDeliveryError(message)
+
+
+class IrMailServer(models.Model):
+    _inherit = "ir.mail_server"
+
+    ally_smtp_owner_id = fields.Many2one(
+        "res.users",
+        "Personal mailbox of",
+        ondelete="cascade",
+        index="btree_not_null",
+        copy=False,
+        readonly=True,
+    )
+
+    _sql_constraints = [  # noqa: RUF012 - Odoo's declaration style
+        (
+            "ally_smtp_owner_unique",
+            "UNIQUE(ally_smtp_owner_id)",
+            "A user has one personal mail server.",
+        )
+    ]
+
+    @api.model
+    def _find_mail_server(self, email_from, mail_servers=None):
+        """Never pick someone's personal mailbox for other mail (fallbacks)."""
+        if mail_servers is None:
+            mail_servers = self.sudo().search([], order="sequence, id")
+        mail_servers = mail_servers.filtered(lambda s: not s.ally_smtp_owner_id)
+        return super()._find_mail_server(email_from, mail_servers=mail_servers)
+
+    def connect(self, *args, **kwargs):
+        """Personal servers get a verified-TLS session logged in as their owner.
+
+        Odoo 18 neither verifies certificates nor knows our encrypted passwords,
+        so the session of a personal server is opened here; everything else
+        (and test mode) goes to ``super()``.
+        """
+        server_id = kwargs.get("mail_server_id")
+        server = self.sudo().browse(server_id) if server_id else self.browse()
+        if not server.ally_smtp_owner_id or modules.module.current_test:
+            return super().connect(*args, **kwargs)
+        return server._ally_smtp_connect(kwargs.get("smtp_from"))
+
+    def _ally_smtp_connect(self, smtp_from):
+        user = self.ally_smtp_owner_id
+        company = user.company_id
+        env = self.with_context(lang=user.lang).env
+        if user.ally_smtp_state == "failed":
+            raise _failed(
+                user,
+                errors.PERMANENT,
+                env._(
+                    "Not sent: the mailbox %(address)s refused its password earlier "
+                    "(%(error)s). Enter the password again in My Profile and press "
+                    "'Test SMTP configuration'; the mail can then be resent.",
+                    address=user.ally_smtp_email,
+                    error=user.ally_smtp_last_error or "",
+                ),
+            )
+        host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
+        try:
+            connection = mailbox.smtp_connect(
+                host,
+                port,
+                company.ally_smtp_encryption,
+                company.ally_smtp_verify_tls,
+                company._ally_smtp_timeout(),
+            )
+            try:
+                connection.login(self.smtp_user, user._ally_smtp_password())
+            except BaseException:
+                connection.close()
+                raise
+        except Exception as exc:  # noqa: BLE001 - every failure gets a message
+            kind, message = errors.classify(env, exc, host, port, self.smtp_user)
+            _logger.info("ally_smtp: user %s cannot send: %s", user.id, exc)
+            raise _failed(user, kind, message) from None
+        connection.from_filter = self.from_filter
+        connection.smtp_from = smtp_from
+        connection.ally_smtp_owner = user
+        return connection
+
+    def send_email(self, message, *args, **kwargs):
+        """Keep what a personal session sent, for the Sent folder copy."""
+        owner = getattr(kwargs.get("smtp_session"), "ally_smtp_owner", None)
+        if not owner:
+            return super().send_email(message, *args, **kwargs)
+        message.as_bytes()  # fix MIME boundaries so the copy equals what was sent
+        try:
+            result = super().send_email(message, *args, **kwargs)
+        except (MailDeliveryException, smtplib.SMTPServerDisconnected) as exc:
+            cause = exc.__context__ or exc
+            env = self.with_context(lang=owner.lang).env
+            kind, text = errors.classify(env, cause, login=owner.ally_smtp_email)
+            raise _failed(owner, kind, text) from exc
+        self.env["ally.smtp.sent.copy"].sudo()._ally_smtp_register(owner, message)
+        return result

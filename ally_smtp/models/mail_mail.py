@@ -1,0 +1,108 @@
+import logging
+from collections import defaultdict
+from datetime import timedelta
+
+from odoo import fields, models, tools
+
+from ..lib import errors
+from .ir_mail_server import FAILURES
+
+_logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+FIRST_DELAY = timedelta(minutes=5)
+
+
+class MailMail(models.Model):
+    _inherit = "mail.mail"
+
+    ally_smtp_attempts = fields.Integer(
+        "Delivery attempts", copy=False, readonly=True, default=0
+    )
+
+    def _split_by_mail_configuration(self):
+        """Mail written by a user with their own mailbox goes through it.
+
+        One batch (so one SMTP session) per user; the rest follows Odoo.
+        """
+        personal = self._ally_smtp_personal_servers()
+        others = self.filtered(lambda mail: mail.id not in personal)
+        if others:
+            yield from super(MailMail, others)._split_by_mail_configuration()
+        by_server = defaultdict(list)
+        for mail_id, server in personal.items():
+            by_server[server].append(mail_id)
+        size = int(
+            self.env["ir.config_parameter"].sudo().get_param("mail.session.batch.size")
+            or 1000
+        )
+        for server, mail_ids in by_server.items():
+            user = server.ally_smtp_owner_id
+            smtp_from = tools.formataddr((user.name, server.from_filter))
+            for batch_ids in tools.split_every(size, mail_ids):
+                # no alias domain: the envelope must stay the user's mailbox
+                yield server.id, False, smtp_from, list(batch_ids)
+
+    def _ally_smtp_personal_servers(self):
+        """``{mail id: personal ir.mail_server}`` for the mails to reroute."""
+        Server = self.env["ir.mail_server"].sudo()
+        servers = Server.search([("ally_smtp_owner_id", "!=", False)])
+        if not servers:
+            return {}
+        by_user = {server.ally_smtp_owner_id: server for server in servers}
+        result = {}
+        for mail in self.sudo():
+            user = mail.mail_message_id.create_uid
+            server = by_user.get(user)
+            if (
+                server
+                and not mail.mail_server_id
+                and mail.author_id == user.partner_id
+                and user.ally_smtp_use_own
+                and not getattr(mail, "mailing_id", False)
+            ):
+                result[mail.id] = server
+        return result
+
+    def _postprocess_sent_message(
+        self, success_pids, failure_reason=False, failure_type=None
+    ):
+        """Temporary failures of a personal mailbox are retried later."""
+        failures = self.env.cr.postcommit.data.get(FAILURES) or {}
+        users = self.sudo().mail_message_id.create_uid
+        kinds = {
+            user.id: failures.pop(user.id) for user in users if user.id in failures
+        }
+        retry = self.browse()
+        if kinds and failure_type in ("mail_smtp", "unknown"):
+            retry = self.filtered(
+                lambda mail: (
+                    kinds.get(mail.sudo().mail_message_id.create_uid.id)
+                    == errors.TEMPORARY
+                    and mail.ally_smtp_attempts + 1 < MAX_ATTEMPTS
+                )
+            )
+        if retry:
+            retry._ally_smtp_retry_later()
+        return super(MailMail, self - retry)._postprocess_sent_message(
+            success_pids, failure_reason=failure_reason, failure_type=failure_type
+        )
+
+    def _ally_smtp_retry_later(self):
+        cron = self.env.ref("mail.ir_cron_mail_scheduler_action")
+        for mail in self.sudo():
+            when = fields.Datetime.now() + FIRST_DELAY * 2**mail.ally_smtp_attempts
+            mail.write(
+                {
+                    "state": "outgoing",
+                    "scheduled_date": when,
+                    "ally_smtp_attempts": mail.ally_smtp_attempts + 1,
+                }
+            )
+            cron._trigger(at=when)
+        self.env["mail.notification"].sudo().search(
+            [
+                ("mail_mail_id", "in", self.ids),
+                ("notification_status", "=", "exception"),
+            ]
+        ).write({"notification_status": "ready", "failure_type": False})

@@ -1,0 +1,309 @@
+"""Mail a consultant writes leaves from their own mailbox, one Sent copy."""
+
+import email
+from datetime import timedelta
+
+from odoo import Command, fields
+from odoo.tests import new_test_user, tagged
+
+from .common import AllySmtpCase, Mailbox, free_port
+
+
+@tagged("post_install", "-at_install")
+class TestSending(AllySmtpCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.student = cls.env["res.partner"].create(
+            {"name": "Student One", "email": "student1@school.test"}
+        )
+        cls.student2 = cls.env["res.partner"].create(
+            {"name": "Student Two", "email": "student2@school.test"}
+        )
+        # the agency's ordinary server, for everything that is not personal
+        cls.company_server = cls.env["ir.mail_server"].create(
+            {
+                "name": "agency",
+                "smtp_host": "localhost",
+                "smtp_port": cls.harness["smtp"]["ports"]["ssl"],
+                "smtp_encryption": "ssl",
+                "smtp_authentication": "login",
+                "smtp_user": "carol@agency.test",
+                "smtp_pass": cls.harness["mailboxes"]["carol@agency.test"],
+            }
+        )
+        cls.alice_box = Mailbox(cls.harness, "alice@agency.test")
+        cls.bob_box = Mailbox(cls.harness, "bob@agency.test")
+
+    def setUp(self):
+        super().setUp()
+        self.alice_box.purge()
+        self.bob_box.purge()
+
+    def post(self, user, body="Hello", partners=None):
+        with self.live():
+            return self.student.with_user(user).message_post(
+                body=body,
+                partner_ids=(partners or self.student).ids,
+                message_type="comment",
+                subtype_xmlid="mail.mt_comment",
+            )
+
+    def queue(self, user, subject, partner=None):
+        """A mail written by ``user``, left in the queue for the cron."""
+        message = (
+            self.env["mail.message"]
+            .with_user(user)
+            .create(
+                {
+                    "model": "res.partner",
+                    "res_id": (partner or self.student).id,
+                    "body": subject,
+                    "subject": subject,
+                    "author_id": user.partner_id.id,
+                    "email_from": user.email_formatted,
+                    "message_type": "comment",
+                }
+            )
+        )
+        return (
+            self.env["mail.mail"]
+            .with_user(user)
+            .sudo()
+            .create(
+                {
+                    "mail_message_id": message.id,
+                    "recipient_ids": [Command.link((partner or self.student).id)],
+                    "body_html": f"<p>{subject}</p>",
+                }
+            )
+        )
+
+    def run_queue(self):
+        with self.live():
+            self.env["mail.mail"].process_email_queue()
+
+    def file_copies(self):
+        with self.live():
+            self.env["ally.smtp.sent.copy"]._ally_smtp_process()
+        stuck = self.env["ally.smtp.sent.copy"].search([("last_error", "!=", False)])
+        return stuck.mapped("last_error")
+
+    def assert_from_alice(self, sent):
+        self.assertEqual(sent["login"], "alice@agency.test")
+        self.assertEqual(sent["mail_from"], "alice@agency.test")
+        headers = email.message_from_string(sent["data"])
+        self.assertEqual(headers["From"], '"Alice Consultant" <alice@agency.test>')
+        self.assertIsNone(headers["Bcc"])
+        return headers
+
+    # -- routing ------------------------------------------------------------
+    def test_chatter_post_leaves_from_consultant_with_one_sent_copy(self):
+        message = self.post(self.alice)
+        (sent,) = self.smtp.messages()
+        headers = self.assert_from_alice(sent)
+        self.assertEqual(sent["rcpt_tos"], ["student1@school.test"])
+        self.assertEqual(self.file_copies(), [])
+        copies = self.env["ally.smtp.sent.copy"].search([])
+        self.assertEqual(copies.mapped("state"), ["done"], copies.read())
+        self.assertEqual(headers["Message-Id"], message.message_id)
+        self.assertIn("student1@school.test", headers["To"])
+        self.assertEqual(message.notification_ids.notification_status, "sent")
+        # the student received it
+        student_box = Mailbox(self.harness, "student1@school.test")
+        self.assertEqual(len(student_box.find("INBOX", message.message_id)), 1)
+        self.file_copies()
+        ((flags, copy),) = self.alice_box.find("Sent", message.message_id)
+        self.assertIn(b"\\Seen", flags)
+        self.assertEqual(copy["From"], '"Alice Consultant" <alice@agency.test>')
+        self.assertIn("student1@school.test", copy["To"])
+        self.assertEqual(copy["Subject"], headers["Subject"])
+        self.assertEqual(copy["Date"], headers["Date"])
+        self.assertIsNone(copy["Return-Path"])
+        html = [p for p in copy.walk() if p.get_content_type() == "text/html"]
+        self.assertIn(b"<p>Hello</p>", html[0].get_payload(decode=True))
+        self.file_copies()  # nothing more on a second run
+        self.assertEqual(len(self.alice_box.find("Sent", message.message_id)), 1)
+
+    def test_composer_with_template(self):
+        template = self.env["mail.template"].create(
+            {
+                "name": "Welcome",
+                "model_id": self.env.ref("base.model_res_partner").id,
+                "subject": "Welcome {{ object.name }}",
+                "partner_to": "{{ object.id }}",
+                "body_html": "<p>Welcome to the agency</p>",
+            }
+        )
+        composer = (
+            self.env["mail.compose.message"]
+            .with_user(self.alice)
+            .with_context(default_model="res.partner", default_res_ids=self.student.ids)
+            .create({"template_id": template.id})
+        )
+        with self.live():
+            composer._action_send_mail()
+        (sent,) = self.smtp.messages()
+        headers = self.assert_from_alice(sent)
+        self.assertEqual(headers["Subject"], "Welcome Student One")
+
+    def test_queued_mail_sent_by_cron_as_superuser(self):
+        mail = self.queue(self.alice, "queued")
+        self.run_queue()
+        (sent,) = self.smtp.messages()
+        self.assert_from_alice(sent)
+        self.assertEqual(mail.state, "sent", mail.failure_reason)
+
+    def test_others_take_odoos_normal_path(self):
+        plain_user = new_test_user(
+            self.env,
+            login="plain",
+            groups="base.group_user,base.group_partner_manager",
+            email="plain@agency.test",
+        )
+        self.post(plain_user)
+        # a system notification: authored by OdooBot, created by the superuser
+        root = self.env.ref("base.partner_root")
+        with self.live():
+            self.student.message_post(
+                body="system",
+                author_id=root.id,
+                partner_ids=self.student.ids,
+                message_type="comment",
+                subtype_xmlid="mail.mt_comment",
+            )
+        sent = self.smtp.messages()
+        self.assertEqual({m["login"] for m in sent}, {"carol@agency.test"})
+        self.assertEqual(
+            [m["rcpt_tos"] for m in sent if "student1@school.test" in m["rcpt_tos"]],
+            [["student1@school.test"]] * 2,
+        )
+        # a mail created by alice but authored by someone else is not hers
+        mail = self.queue(self.alice, "not hers")
+        mail.mail_message_id.author_id = root
+        self.run_queue()
+        self.assertEqual(self.smtp.messages()[-1]["login"], "carol@agency.test")
+
+    def test_one_session_per_user_per_run(self):
+        for i in range(3):
+            self.queue(self.alice, f"alice {i}")
+        for i in range(2):
+            self.queue(self.bob, f"bob {i}")
+        self.run_queue()
+        sessions = [s for s in self.smtp.state()["sessions"] if s["events"]]
+        by_login = {}
+        for session in sessions:
+            logins = {e[1] for e in session["events"] if e[0] == "auth"}
+            datas = [e for e in session["events"] if e[0] == "data"]
+            (login,) = logins
+            by_login.setdefault(login, []).append(len(datas))
+        self.assertEqual(by_login, {"alice@agency.test": [3], "bob@agency.test": [2]})
+
+    # -- the Sent copy ------------------------------------------------------
+    def test_sent_copy_modes(self):
+        cases = [("auto", True, 1), ("always", False, 1), ("never", False, 0)]
+        for mode, autosave, expected in cases:
+            with self.subTest(mode=mode, autosave=autosave):
+                self.smtp.reset()
+                self.alice_box.purge()
+                self.smtp.autosave(autosave)
+                self.company.ally_smtp_sent_copy = mode
+                message = self.post(self.alice, body=f"mode {mode}")
+                self.file_copies()
+                copies = self.alice_box.find("Sent", message.message_id)
+                self.assertEqual(len(copies), expected)
+
+    def test_multi_recipient_post_one_copy_with_everyone(self):
+        message = self.post(self.alice, partners=self.student | self.student2)
+        sent = self.smtp.messages()
+        self.assertEqual(len(sent), 2)  # Odoo: one SMTP transaction per partner
+        self.file_copies()
+        ((_flags, copy),) = self.alice_box.find("Sent", message.message_id)
+        self.assertIn("student1@school.test", copy["To"])
+        self.assertIn("student2@school.test", copy["To"])
+
+    def test_imap_down_delays_the_copy_and_never_resends(self):
+        imap_port = self.company.ally_smtp_imap_port
+        self.company.ally_smtp_imap_port = free_port()
+        message = self.post(self.alice)
+        self.file_copies()
+        copy = self.env["ally.smtp.sent.copy"].search(
+            [("message_id", "=", message.message_id)]
+        )
+        self.assertEqual(copy.state, "pending")
+        self.assertEqual(copy.attempts, 1)
+        self.assertIn("Nothing answers", copy.last_error)
+        self.company.ally_smtp_imap_port = imap_port
+        copy.next_try = fields.Datetime.now() - timedelta(seconds=1)
+        self.file_copies()
+        self.assertEqual(copy.state, "done")
+        self.assertEqual(len(self.alice_box.find("Sent", message.message_id)), 1)
+        self.assertEqual(len(self.smtp.messages()), 1)
+
+    # -- failures -----------------------------------------------------------
+    def test_auth_failure_stops_using_the_password(self):
+        self.smtp.fail("AUTH", "535 Incorrect authentication data", login=None)
+        first = self.queue(self.alice, "first")
+        self.run_queue()
+        self.assertEqual(first.state, "exception")
+        self.assertIn("refused the password", first.failure_reason)
+        self.assertEqual(self.alice.ally_smtp_state, "failed")
+        attempts = len(self.smtp.auth_attempts("alice@agency.test"))
+        self.assertTrue(attempts)
+        second = self.queue(self.alice, "second")
+        self.run_queue()
+        self.assertEqual(second.state, "exception")
+        self.assertIn("Not sent", second.failure_reason)
+        self.assertEqual(len(self.smtp.auth_attempts("alice@agency.test")), attempts)
+        self.assertEqual(self.smtp.messages(), [])
+        # a new password makes the mailbox usable again
+        self.smtp.reset()
+        self.alice.with_user(self.alice).ally_smtp_password = self.harness["mailboxes"][
+            "alice@agency.test"
+        ]
+        second.mark_outgoing()
+        self.run_queue()
+        self.assertEqual(second.state, "sent")
+
+    def test_temporary_failure_is_retried_and_sent_once(self):
+        self.smtp.fail("RCPT", "451 4.3.0 Try again later", times=1)
+        mail = self.queue(self.alice, "retry me")
+        self.run_queue()
+        self.assertEqual(mail.state, "outgoing")
+        self.assertEqual(mail.ally_smtp_attempts, 1)
+        self.assertGreater(mail.scheduled_date, fields.Datetime.now())
+        self.assertIn("451", mail.failure_reason)
+        self.run_queue()  # not due yet
+        self.assertEqual(self.smtp.messages(), [])
+        mail.scheduled_date = fields.Datetime.now() - timedelta(seconds=1)
+        self.run_queue()
+        self.assertEqual(mail.state, "sent", mail.failure_reason)
+        self.assertEqual(len(self.smtp.messages()), 1)
+
+    def test_dropped_connection_loses_and_duplicates_nothing(self):
+        mails = [self.queue(self.alice, f"drop {i}") for i in range(3)]
+        self.smtp.fail("RCPT", "drop", times=1)
+        self.run_queue()
+        self.assertEqual({m.state for m in mails}, {"outgoing"})
+        for mail in mails:
+            mail.scheduled_date = fields.Datetime.now() - timedelta(seconds=1)
+        self.run_queue()
+        self.assertEqual({m.state for m in mails}, {"sent"})
+        ids = [m["message_id"] for m in self.smtp.messages()]
+        self.assertEqual(len(ids), 3)
+        self.assertEqual(len(set(ids)), 3)
+
+    def test_permanent_refusal_of_one_mail_keeps_the_others(self):
+        bad, good = self.queue(self.alice, "bad"), self.queue(self.alice, "good")
+        self.smtp.fail("DATA", "554 5.7.1 Message rejected as spam", times=1)
+        self.run_queue()
+        self.assertEqual(bad.state, "exception")
+        self.assertIn("554 5.7.1", bad.failure_reason)
+        self.assertEqual(good.state, "sent")
+
+    def test_drop_at_quit_does_not_abort_the_run(self):
+        self.smtp.fail("QUIT", "drop", login="alice@agency.test")
+        alice_mail, bob_mail = self.queue(self.alice, "a"), self.queue(self.bob, "b")
+        self.run_queue()
+        self.assertEqual(alice_mail.state, "sent")
+        self.assertEqual(bob_mail.state, "sent")
