@@ -1,4 +1,4 @@
-"""``python3 -m harness test|i18n|demo|mailbox LOGIN`` — see README.md."""
+"""``python3 -m harness test|i18n`` — see README.md."""
 
 import argparse
 import os

@@ -54,15 +54,34 @@ class MailMail(models.Model):
         for mail in self.sudo():
             user = mail.mail_message_id.create_uid
             server = by_user.get(user)
-            if (
+            if not (
                 server
                 and not mail.mail_server_id
                 and mail.author_id == user.partner_id
                 and user.ally_smtp_use_own
                 and not getattr(mail, "mailing_id", False)
             ):
-                result[mail.id] = server
+                continue
+            if user.ally_smtp_state == "failed" and user.company_id.ally_smtp_fallback:
+                mail._ally_smtp_note_fallback(user)
+                continue
+            result[mail.id] = server
         return result
+
+    def _ally_smtp_note_fallback(self, user):
+        message = self.mail_message_id
+        if not (message.model and message.res_id):
+            return
+        record = self.env[message.model].browse(message.res_id)
+        if hasattr(record, "_message_log"):
+            record._message_log(
+                body=self.env._(
+                    "Sent from the agency's mail server: the mailbox %(address)s of "
+                    "%(name)s refused its password.",
+                    address=user.ally_smtp_email,
+                    name=user.name,
+                )
+            )
 
     def _postprocess_sent_message(
         self, success_pids, failure_reason=False, failure_type=None

@@ -65,6 +65,12 @@ class ResCompany(models.Model):
         help="Turn off only for a server whose certificate cannot be fixed: "
         "passwords could then be read by whoever answers on that address.",
     )
+    ally_smtp_fallback = fields.Boolean(
+        "If a personal mailbox fails, send from the agency server instead",
+        help="Off by default: a mail whose author's mailbox refused its password "
+        "waits for the author. On: it leaves from the agency's server, and the "
+        "record's chatter says so.",
+    )
     ally_smtp_integrated = fields.Boolean(
         "Integrated", compute="_compute_ally_smtp_integrated", store=True
     )

@@ -30,6 +30,9 @@ class ResConfigSettings(models.TransientModel):
     ally_smtp_verify_tls = fields.Boolean(
         related="company_id.ally_smtp_verify_tls", readonly=False
     )
+    ally_smtp_fallback = fields.Boolean(
+        related="company_id.ally_smtp_fallback", readonly=False
+    )
     ally_smtp_integrated = fields.Boolean(related="company_id.ally_smtp_integrated")
     ally_smtp_integrated_at = fields.Datetime(
         related="company_id.ally_smtp_integrated_at"

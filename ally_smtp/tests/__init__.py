@@ -2,3 +2,4 @@ from . import test_harness
 from . import test_settings
 from . import test_credentials
 from . import test_sending
+from . import test_i18n

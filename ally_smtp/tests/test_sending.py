@@ -307,3 +307,21 @@ class TestSending(AllySmtpCase):
         self.run_queue()
         self.assertEqual(alice_mail.state, "sent")
         self.assertEqual(bob_mail.state, "sent")
+
+    def test_optional_fallback_to_the_agency_server(self):
+        self.company.ally_smtp_fallback = True
+        self.smtp.fail("AUTH", "535 Incorrect authentication data", login=None)
+        first = self.queue(self.alice, "first")
+        self.run_queue()
+        self.assertEqual(first.state, "exception")  # the refusal itself
+        self.smtp.reset()
+        second = self.queue(self.alice, "second")
+        self.run_queue()
+        self.assertEqual(second.state, "sent", second.failure_reason)
+        (sent,) = self.smtp.messages()
+        self.assertEqual(sent["login"], "carol@agency.test")
+        self.assertEqual(self.smtp.auth_attempts("alice@agency.test"), [])
+        note = self.student.message_ids.filtered(
+            lambda m: "agency's mail server" in (m.body or "")
+        )
+        self.assertEqual(len(note), 1)
