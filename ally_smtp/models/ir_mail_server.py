@@ -5,7 +5,7 @@ from odoo import api, fields, models, modules
 
 from odoo.addons.base.models.ir_mail_server import MailDeliveryException
 
-from ..lib import errors, mailbox
+from ..lib import errors
 
 _logger = logging.getLogger(__name__)
 
@@ -84,13 +84,7 @@ class IrMailServer(models.Model):
             )
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
-            connection = mailbox.smtp_connect(
-                host,
-                port,
-                company.ally_smtp_encryption,
-                company.ally_smtp_verify_tls,
-                company._ally_smtp_timeout(),
-            )
+            connection = company._ally_smtp_open_smtp()
             try:
                 connection.login(self.smtp_user, user._ally_smtp_password())
             except BaseException:

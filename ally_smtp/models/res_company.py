@@ -169,13 +169,7 @@ class ResCompany(models.Model):
     def _ally_smtp_check_smtp(self):
         host, port = self.ally_smtp_host.strip(), self.ally_smtp_port
         try:
-            connection = mailbox.smtp_connect(
-                host,
-                port,
-                self.ally_smtp_encryption,
-                self.ally_smtp_verify_tls,
-                self._ally_smtp_timeout(),
-            )
+            connection = self._ally_smtp_open_smtp()
             try:
                 connection.ehlo_or_helo_if_needed()
                 offered = connection.has_extn("auth")
@@ -208,6 +202,16 @@ class ResCompany(models.Model):
     def _ally_smtp_ready(self):
         self.ensure_one()
         return self.ally_smtp_enabled and bool(self.ally_smtp_host)
+
+    def _ally_smtp_open_smtp(self):
+        """An SMTP session with the agency's server, TLS as configured."""
+        return mailbox.smtp_connect(
+            self.ally_smtp_host.strip(),
+            self.ally_smtp_port,
+            self.ally_smtp_encryption,
+            self.ally_smtp_verify_tls,
+            self._ally_smtp_timeout(),
+        )
 
     def _ally_smtp_timeout(self):
         param = self.env["ir.config_parameter"].sudo().get_param("ally_smtp.timeout")

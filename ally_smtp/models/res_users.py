@@ -317,13 +317,7 @@ class ResUsers(models.Model):
         login, password = self.ally_smtp_email.strip(), self._ally_smtp_password()
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
-            connection = mailbox.smtp_connect(
-                host,
-                port,
-                company.ally_smtp_encryption,
-                company.ally_smtp_verify_tls,
-                company._ally_smtp_timeout(),
-            )
+            connection = company._ally_smtp_open_smtp()
             try:
                 connection.login(login, password)
                 for code, reply in (connection.mail(login), connection.rcpt(login)):
