@@ -69,16 +69,12 @@ class AllySmtpSentCopy(models.Model):
         if user.company_id.ally_smtp_sent_copy == "never":
             return self.browse()
         message_id = (message["Message-Id"] or "").strip()
-        recipients = [str(message["To"] or "")]
+        recipients = tools.mail.email_split_and_format(str(message["To"] or ""))
         copy = self.search([("user_id", "=", user.id), ("message_id", "=", message_id)])
         if copy:
             if copy.state == "pending":
                 known = tools.mail.email_split_and_format(copy.recipients)
-                new = [
-                    r
-                    for r in tools.mail.email_split_and_format(recipients[0])
-                    if r not in known
-                ]
+                new = [r for r in recipients if r not in known]
                 copy.recipients = ", ".join(known + new)
             return copy
         raw = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
@@ -87,9 +83,7 @@ class AllySmtpSentCopy(models.Model):
                 "user_id": user.id,
                 "message_id": message_id,
                 "subject": str(message["Subject"] or ""),
-                "recipients": ", ".join(
-                    tools.mail.email_split_and_format(recipients[0])
-                ),
+                "recipients": ", ".join(recipients),
                 "raw": base64.b64encode(raw),
             }
         )
@@ -126,9 +120,7 @@ class AllySmtpSentCopy(models.Model):
         try:
             if not host:
                 raise imaplib.IMAP4.error(_("No IMAP server is set up for the agency."))
-            with mailbox.imap_connect(
-                host, port, company.ally_smtp_verify_tls, company._ally_smtp_timeout()
-            ) as imap:
+            with company._ally_smtp_open_imap() as imap:
                 imap.login(user.ally_smtp_email, user._ally_smtp_password())
                 folder = user.ally_smtp_sent_folder or mailbox.find_sent(imap)
                 if not folder:

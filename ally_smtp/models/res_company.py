@@ -3,10 +3,17 @@ import logging
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError, ValidationError
 
-from ..lib import errors, mailbox
+from ..lib import actions, errors, mailbox
 
 _logger = logging.getLogger(__name__)
 
+# what the users' personal ir.mail_server records are made of
+SERVER_FIELDS = {
+    "ally_smtp_enabled",
+    "ally_smtp_host",
+    "ally_smtp_port",
+    "ally_smtp_encryption",
+}
 PROVIDERS = [
     ("gmail", "Gmail / Google Workspace"),
     ("microsoft365", "Microsoft 365"),
@@ -121,7 +128,7 @@ class ResCompany(models.Model):
 
     def write(self, vals):
         result = super().write(vals)
-        if any(key.startswith("ally_smtp_") for key in vals):
+        if SERVER_FIELDS & vals.keys():
             users = (
                 self.env["res.users"]
                 .sudo()
@@ -147,19 +154,14 @@ class ResCompany(models.Model):
                 "ally_smtp_integrated_at": fields.Datetime.now(),
             }
         )
-        return {
-            "type": "ir.actions.client",
-            "tag": "display_notification",
-            "params": {
-                "type": "success",
-                "message": _(
-                    "The agency's mail server %(host)s is integrated. Each user "
-                    "can now enter their mailbox in My Profile.",
-                    host=self.ally_smtp_host,
-                ),
-                "next": {"type": "ir.actions.client", "tag": "soft_reload"},
-            },
-        }
+        return actions.notify(
+            _(
+                "The agency's mail server %(host)s is integrated. Each user "
+                "can now enter their mailbox in My Profile.",
+                host=self.ally_smtp_host,
+            ),
+            reload=True,
+        )
 
     def _ally_smtp_fail(self, exc, host, port, login=""):
         _kind, message = errors.classify(self.env, exc, host, port, login)
@@ -192,9 +194,7 @@ class ResCompany(models.Model):
             return
         port = self.ally_smtp_imap_port
         try:
-            with mailbox.imap_connect(
-                host, port, self.ally_smtp_verify_tls, self._ally_smtp_timeout()
-            ) as imap:
+            with self._ally_smtp_open_imap() as imap:
                 imap.capability()
         except Exception as exc:  # noqa: BLE001
             self._ally_smtp_fail(exc, host, port)
@@ -209,6 +209,15 @@ class ResCompany(models.Model):
             self.ally_smtp_host.strip(),
             self.ally_smtp_port,
             self.ally_smtp_encryption,
+            self.ally_smtp_verify_tls,
+            self._ally_smtp_timeout(),
+        )
+
+    def _ally_smtp_open_imap(self):
+        """An IMAP session with the agency's server (implicit TLS)."""
+        return mailbox.imap_connect(
+            self.ally_smtp_imap_host.strip(),
+            self.ally_smtp_imap_port,
             self.ally_smtp_verify_tls,
             self._ally_smtp_timeout(),
         )

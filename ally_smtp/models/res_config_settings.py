@@ -1,6 +1,7 @@
 from odoo import _, api, fields, models
 from odoo.exceptions import AccessError
 
+from ..lib import actions
 from ..lib.providers import preset_values
 
 
@@ -48,17 +49,12 @@ class ResConfigSettings(models.TransientModel):
         if not self.env.user.has_group("base.group_system"):
             raise AccessError(_("Only a settings administrator can do this."))
         count = self.env["res.users"]._ally_smtp_rotate_keys()
-        return {
-            "type": "ir.actions.client",
-            "tag": "display_notification",
-            "params": {
-                "type": "success",
-                "message": _(
-                    "%(count)s mailbox password(s) re-encrypted with the newest key.",
-                    count=count,
-                ),
-            },
-        }
+        return actions.notify(
+            _(
+                "%(count)s mailbox password(s) re-encrypted with the newest key.",
+                count=count,
+            )
+        )
 
     def action_ally_smtp_integrate(self):
         self.ensure_one()

@@ -1,10 +1,11 @@
 import logging
+import smtplib
 
 from odoo import _, api, fields, models
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import email_normalize, email_split
 
-from ..lib import crypto, mailbox
+from ..lib import actions, crypto, mailbox
 
 _logger = logging.getLogger(__name__)
 
@@ -258,16 +259,7 @@ class ResUsers(models.Model):
             address=user.ally_smtp_email,
             folder=folder or _("(none found)"),
         )
-        return {
-            "type": "ir.actions.client",
-            "tag": "display_notification",
-            "params": {
-                "type": "success",
-                "title": _("SMTP configuration works"),
-                "message": message,
-                "next": {"type": "ir.actions.client", "tag": "soft_reload"},
-            },
-        }
+        return actions.notify(message, _("SMTP configuration works"), reload=True)
 
     def _ally_smtp_record_after_rollback(self, state, message):
         with self.env.registry.cursor() as cr:
@@ -322,7 +314,7 @@ class ResUsers(models.Model):
                 connection.login(login, password)
                 for code, reply in (connection.mail(login), connection.rcpt(login)):
                     if code >= 400:
-                        raise mailbox.smtplib.SMTPResponseException(code, reply)
+                        raise smtplib.SMTPResponseException(code, reply)
                 connection.rset()
                 connection.quit()
             finally:
@@ -333,9 +325,7 @@ class ResUsers(models.Model):
             return False
         host, port = company.ally_smtp_imap_host.strip(), company.ally_smtp_imap_port
         try:
-            with mailbox.imap_connect(
-                host, port, company.ally_smtp_verify_tls, company._ally_smtp_timeout()
-            ) as imap:
+            with company._ally_smtp_open_imap() as imap:
                 imap.login(login, password)
                 folder = mailbox.find_sent(imap)
         except Exception as exc:  # noqa: BLE001
