@@ -2,7 +2,15 @@
 # else $ODOO_PATH, else /opt/odoo.
 PYTHON ?= python3
 
-.PHONY: test i18n
+.PHONY: demo test mailbox i18n screenshots
+# Odoo with ally_smtp, demo data and a local mail provider on http://localhost:8069.
+demo:
+	$(PYTHON) -m harness demo
+
+# What a demo mailbox holds: make mailbox USER=ana (or bruno, student1@school.test).
+mailbox:
+	$(PYTHON) -m harness mailbox $(USER)
+
 # Every test and linter, against real PostgreSQL, IMAP and SMTP servers.
 test:
 	$(PYTHON) -m harness test
@@ -10,3 +18,7 @@ test:
 # Export ally_smtp/i18n/ally_smtp.pot and update the .po files from it.
 i18n:
 	$(PYTHON) -m harness i18n
+
+# Refresh the screenshots of docs/ (English and pt_BR) from the browser tours.
+screenshots:
+	$(PYTHON) -m harness test --tours-only --screenshots docs

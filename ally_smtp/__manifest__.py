@@ -19,5 +19,8 @@
         "views/res_config_settings_views.xml",
         "views/res_users_views.xml",
     ],
+    "assets": {
+        "web.assets_tests": ["ally_smtp/static/tests/tours/*.js"],
+    },
     "installable": True,
 }

@@ -1,4 +1,4 @@
-"""``python3 -m harness test|i18n`` — see README.md."""
+"""``python3 -m harness test|i18n|demo|mailbox`` — see README.md."""
 
 import argparse
 import os
@@ -9,11 +9,21 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-from .odoo import ensure_dependencies, find_odoo, odoo_bin, write_config
-from .services import IS_ROOT, ROOT, Services
+from .demo import cmd_demo, cmd_mailbox
+from .odoo import (
+    ADDON,
+    ensure_dependencies,
+    find_odoo,
+    install,
+    odoo_bin,
+    problem_records,
+    step,
+    write_config,
+)
+from .services import IS_ROOT, ROOT, Services, free_port
 
-ADDON = "ally_smtp"
 TEST_DB = "ally_smtp_test"
+TOURS = f"{ADDON}/tests/test_tours.py"
 I18N_DB = "ally_smtp_i18n"
 I18N_DIR = ROOT / ADDON / "i18n"
 LANGUAGES = ["pt_BR"]  # every other <lang>.po already in I18N_DIR is updated too
@@ -22,38 +32,10 @@ PLURAL_FORMS = {  # as in Odoo's own translations of that language
     "n != 0 && n % 1000000 == 0 ? 1 : 2;",
 }
 POT_DATES = re.compile(r'^"(POT-Creation-Date|PO-Revision-Date): .*\\n"$', re.MULTILINE)
-LOG_PROBLEM = re.compile(r"^\S+ \S+ \d+ (WARNING|ERROR|CRITICAL) ", re.MULTILINE)
 
 
 def _stop_on_term(*_):
     raise SystemExit(143)
-
-
-def step(title):
-    print(f"\n=== {title}", flush=True)
-
-
-def install(odoo_path, config, db, *extra):
-    """Install the addon in a new database; any WARNING/ERROR logged fails."""
-    log = config.parent / f"install-{db}.log"
-    result = odoo_bin(
-        odoo_path,
-        config,
-        "-d",
-        db,
-        "-i",
-        ADDON,
-        "--stop-after-init",
-        "--no-http",
-        f"--logfile={log}",
-        *extra,
-    )
-    text = log.read_text() if log.exists() else ""
-    problems = [m.group(0) for m in LOG_PROBLEM.finditer(text)]
-    if result.returncode or problems:
-        lines = [line for line in text.splitlines() if LOG_PROBLEM.match(line + " ")]
-        print("\n".join(lines or text.splitlines()[-40:]), file=sys.stderr)
-        raise SystemExit(f"installing {ADDON} in {db} failed or logged warnings")
 
 
 def lint():
@@ -83,7 +65,7 @@ def pytest(odoo_path, services, config, junit, extra=()):
         f"--odoo-database={TEST_DB}",
         f"--junitxml={junit}",
         "-rs",
-        *(extra or [f"{ADDON}/tests"]),
+        *(extra or [f"{ADDON}/tests", f"--ignore={TOURS}"]),
     ]
     return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
 
@@ -127,7 +109,7 @@ def export_pot(odoo_path, config, db, pot):
         f"--logfile={log}",
     )
     text = log.read_text() if log.exists() else ""
-    if result.returncode or not exported.exists() or LOG_PROBLEM.search(text):
+    if result.returncode or not exported.exists() or problem_records(text):
         print("\n".join(text.splitlines()[-40:]), file=sys.stderr)
         raise SystemExit(f"exporting the terms of {ADDON} from {db} failed")
     gettext("msgfmt", "--check-format", "-o", os.devnull, exported)
@@ -195,6 +177,37 @@ def update_po(pot, po):
     return count_entries(untranslated)
 
 
+def tours(odoo_path, services, config, screenshots=None):
+    """Browser tours, on Odoo's own runner; a skipped tour fails."""
+    log = services.dir / "tours.log"
+    env = {"ALLY_SMTP_HARNESS": str(services.info_file)}
+    if screenshots:
+        env["ALLY_SMTP_SCREENSHOTS"] = str(screenshots)
+    result = odoo_bin(
+        odoo_path,
+        config,
+        "-d",
+        TEST_DB,
+        "--test-enable",
+        f"--test-tags=/{ADDON}:TestTours",
+        "--stop-after-init",
+        "--workers=0",
+        f"--http-port={free_port()}",
+        f"--logfile={log}",
+        env=env,
+    )
+    text = log.read_text() if log.exists() else ""
+    problems = problem_records(text)
+    ran = sum(int(n) for n in re.findall(r"(\d+) post-tests in", text))
+    failed = len(re.findall(r" (?:ERROR|CRITICAL) .*(?:FAIL|ERROR): ", text))
+    if problems:
+        print("\n".join(problems[:60]), file=sys.stderr)
+    if not ran:
+        print("\n".join(text.splitlines()[-40:]), file=sys.stderr)
+    print(f"tours: {ran - failed} passed, {failed} failed", flush=True)
+    return result.returncode == 0 and ran > 0 and not problems
+
+
 def skipped(junit):
     """Skipped tests count as failures: a test that did not run proved nothing."""
     root = ET.parse(junit).getroot()
@@ -205,18 +218,23 @@ def cmd_test(args):
     odoo_path = find_odoo()
     print(f"harness: Odoo found at {odoo_path}", flush=True)
     ensure_dependencies(odoo_path)
-    ok = lint() if not args.pytest_args else True
+    partial = bool(args.pytest_args) or args.tours_only
+    ok = lint() if not partial else True
     with Services() as services:
         config = write_config(services, odoo_path, services.dir / "odoo.conf")
         step(f"install {ADDON} in a new database")
         install(odoo_path, config, TEST_DB, "--without-demo=all")
-        step("tests (pytest-odoo)")
-        junit = services.dir / "junit.xml"
-        code = pytest(odoo_path, services, config, junit, args.pytest_args)
-        ok = ok and code == 0
-        if junit.exists() and skipped(junit):
-            print(f"harness: {skipped(junit)} test(s) skipped: failing", flush=True)
-            ok = False
+        if not args.tours_only:
+            step("tests (pytest-odoo)")
+            junit = services.dir / "junit.xml"
+            code = pytest(odoo_path, services, config, junit, args.pytest_args)
+            ok = ok and code == 0
+            if junit.exists() and skipped(junit):
+                print(f"harness: {skipped(junit)} skipped: failing", flush=True)
+                ok = False
+        if not args.pytest_args:
+            step("browser tours (Odoo's runner, headless Chromium)")
+            ok = tours(odoo_path, services, config, args.screenshots) and ok
     print("\nharness:", "all green" if ok else "FAILED", flush=True)
     return 0 if ok else 1
 
@@ -252,6 +270,12 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     test = sub.add_parser("test", help="run every test and linter on real servers")
     test.add_argument(
+        "--tours-only", action="store_true", help="only the browser tours"
+    )
+    test.add_argument(
+        "--screenshots", type=os.path.abspath, help="save the tours' screenshots here"
+    )
+    test.add_argument(
         "pytest_args",
         nargs=argparse.REMAINDER,
         help="run only these pytest arguments (no linters), e.g. -k credentials",
@@ -261,8 +285,25 @@ def main():
         help=f"export {ADDON}.pot and update the .po files from it, keeping "
         "their translations",
     )
+    demo = sub.add_parser("demo", help="Odoo with the demo on http://localhost:8069")
+    demo.add_argument("--port", type=int, default=8069)
+    demo.add_argument(
+        "--check", action="store_true", help="start, answer one page, stop"
+    )
+    mailbox = sub.add_parser("mailbox", help="list a demo mailbox's INBOX and Sent")
+    mailbox.add_argument("user", help="ana, bruno or a mailbox address")
     args = parser.parse_args()
-    return {"test": cmd_test, "i18n": cmd_i18n}[args.command](args)
+    commands = {
+        "test": cmd_test,
+        "i18n": cmd_i18n,
+        "demo": cmd_demo,
+        "mailbox": cmd_mailbox,
+    }
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("\nharness: stopped; every server it started is stopped too")
+        return 130
 
 
 if __name__ == "__main__":

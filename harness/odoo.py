@@ -2,12 +2,16 @@
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from .services import IS_ROOT, ROOT
+
+ADDON = "ally_smtp"
+LOG_PROBLEM = re.compile(r"^\S+ \S+ \d+ (WARNING|ERROR|CRITICAL) ", re.MULTILINE)
 
 DEBIAN_PACKAGES = {
     # command or file that proves it is there -> Debian package
@@ -126,11 +130,57 @@ def write_config(services, odoo_path, path, extra=None):
     return path
 
 
-def odoo_bin(odoo_path, config, *args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=str(odoo_path))
+def odoo_bin(odoo_path, config, *args, env=None, subcommand=(), **kwargs):
+    env = dict(os.environ, **(env or {}), PYTHONPATH=str(odoo_path))
     return subprocess.run(
-        [sys.executable, str(odoo_path / "odoo-bin"), "-c", str(config), *args],
+        [
+            sys.executable,
+            str(odoo_path / "odoo-bin"),
+            *subcommand,
+            "-c",
+            str(config),
+            *args,
+        ],
         env=env,
         check=False,
         **kwargs,
     )
+
+
+def step(title):
+    print(f"\n=== {title}", flush=True)
+
+
+def install(odoo_path, config, db, *extra):
+    """Install the addon in a new database; any WARNING/ERROR logged fails."""
+    log = config.parent / f"install-{db}.log"
+    result = odoo_bin(
+        odoo_path,
+        config,
+        "-d",
+        db,
+        "-i",
+        ADDON,
+        "--stop-after-init",
+        "--no-http",
+        f"--logfile={log}",
+        *extra,
+    )
+    text = log.read_text() if log.exists() else ""
+    problems = problem_records(text)
+    if result.returncode or problems:
+        print("\n".join(problems or text.splitlines()[-40:]), file=sys.stderr)
+        raise SystemExit(f"installing {ADDON} in {db} failed or logged warnings")
+
+
+def problem_records(log_text):
+    """The WARNING/ERROR records of an Odoo log, tracebacks included."""
+    records = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ )", log_text)
+    return [r for r in records if LOG_PROBLEM.match(r + " ")]
+
+
+def odoo_popen(odoo_path, config, *args):
+    """Odoo running in the background (the demo server)."""
+    env = dict(os.environ, PYTHONPATH=str(odoo_path))
+    command = [sys.executable, str(odoo_path / "odoo-bin"), "-c", str(config), *args]
+    return subprocess.Popen(command, env=env)

@@ -18,7 +18,7 @@ A small HTTP API on loopback lets tests read and steer it::
     POST /reset            forget everything, clear faults and autosave
     POST /faults           [{"stage": "RCPT", "reply": "451 4.3.0 Try later",
                              "times": 1, "login": "a@x"}]   ("reply": "drop" cuts)
-    POST /config           {"autosave": true}
+    POST /config           {"autosave": true}   (or a list of logins)
 """
 
 import asyncio
@@ -215,7 +215,7 @@ class Handler:
             for rcpt in envelope.rcpt_tos
             if rcpt in self.state.users
         ]
-        if autosave and login:
+        if login and (autosave is True or (autosave and login in autosave)):
             deliveries.append((login, self.state.users[login], "Sent", r"(\Seen)"))
         loop = asyncio.get_running_loop()
         for login_, password, folder, flags in deliveries:
@@ -253,7 +253,10 @@ def _control_server(state, port):
                     state.faults.extend(payload)
             elif self.path == "/config":
                 with state.lock:
-                    state.autosave = bool(payload.get("autosave"))
+                    autosave = payload.get("autosave")
+                    state.autosave = (
+                        set(autosave) if isinstance(autosave, list) else bool(autosave)
+                    )
             else:
                 self.send_error(404)
                 return

@@ -259,7 +259,10 @@ class ResUsers(models.Model):
             address=user.ally_smtp_email,
             folder=folder or _("(none found)"),
         )
-        return actions.notify(message, _("SMTP configuration works"), reload=True)
+        notification = actions.notify(message, _("SMTP configuration works"))
+        # reopen My Profile so it shows the new status
+        notification["params"]["next"] = dict(self.action_get(), res_id=self.id)
+        return notification
 
     def _ally_smtp_record_after_rollback(self, state, message):
         with self.env.registry.cursor() as cr:

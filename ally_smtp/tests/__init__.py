@@ -3,3 +3,4 @@ from . import test_settings
 from . import test_credentials
 from . import test_sending
 from . import test_i18n
+from . import test_tours

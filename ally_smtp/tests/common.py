@@ -121,7 +121,7 @@ class Mailbox:
                     imap.expunge()
 
 
-class AllySmtpCase(TransactionCase):
+class AllySmtpMixin:
     """A company integrated with the harness provider, and consultants."""
 
     @classmethod
@@ -182,3 +182,7 @@ class AllySmtpCase(TransactionCase):
         """Let Odoo really talk SMTP inside this block (tests block it)."""
         with patch.object(modules.module, "current_test", False):
             yield
+
+
+class AllySmtpCase(AllySmtpMixin, TransactionCase):
+    pass

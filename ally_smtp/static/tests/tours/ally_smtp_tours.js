@@ -1,0 +1,190 @@
+/** @odoo-module */
+import { registry } from "@web/core/registry";
+
+// Texts the screens must show, in the language the tour runs in.
+const TEXTS = {
+    en: {
+        setting: "Agency email (SMTP)",
+        integrate: "Integrate",
+        integrated: "Integrated on",
+        useOwn: "Use my own SMTP configuration",
+        test: "Test SMTP configuration",
+        works: "SMTP configuration works",
+        refused: "refused the password",
+    },
+    pt: {
+        setting: "E-mail da agência (SMTP)",
+        integrate: "Integrar",
+        integrated: "Integrado em",
+        useOwn: "Use minha própria configuração SMTP",
+        test: "Testar configuração SMTP",
+        works: "A configuração SMTP funciona",
+        refused: "recusou a senha",
+    },
+};
+
+// The Python test says which language the user has.
+function text(key) {
+    const lang = window.allySmtpTour.lang.startsWith("pt") ? "pt" : "en";
+    return TEXTS[lang][key];
+}
+
+function expectText(selector, key) {
+    return {
+        content: `"${key}" is shown in the user's language`,
+        trigger: selector,
+        run(helpers) {
+            const shown = helpers.anchor.textContent;
+            if (!shown.includes(text(key))) {
+                throw new Error(`expected "${text(key)}" in "${shown}"`);
+            }
+        },
+    };
+}
+
+registry.category("web_tour.tours").add("ally_smtp_settings", {
+    steps: () => [
+        {
+            content: "Find the agency email setting in Integrations",
+            trigger: "#ally_smtp_setting",
+        },
+        expectText("#ally_smtp_setting", "setting"),
+        {
+            content: "Choose a custom server",
+            trigger: "#ally_smtp_setting [name=ally_smtp_provider] select",
+            run: 'select "custom"',
+        },
+        {
+            content: "Fill the SMTP host",
+            trigger: "#ally_smtp_setting [name=ally_smtp_host] input",
+            run: "edit localhost",
+        },
+        expectText("#ally_smtp_setting button[name=action_ally_smtp_integrate]", "integrate"),
+        {
+            content: "Press Integrate",
+            trigger: "#ally_smtp_setting button[name=action_ally_smtp_integrate]",
+            run: "click",
+        },
+
+        {
+            content: "A confirmation notification",
+            trigger: ".o_notification.border-success, .o_notification_bar.bg-success",
+        },
+        {
+            content: "The confirmation under the fields",
+            trigger: "#ally_smtp_setting .o_ally_smtp_integrated:visible",
+        },
+        expectText("#ally_smtp_setting .o_ally_smtp_integrated", "integrated"),
+        showOnScreen("#ally_smtp_setting"),
+    ],
+});
+
+// Leave the screen on what the step shows (for docs/ screenshots).
+function showOnScreen(selector) {
+    return {
+        content: "Bring it into view",
+        trigger: selector,
+        run(helpers) {
+            helpers.anchor.scrollIntoView({ block: "center" });
+        },
+    };
+}
+
+function openPreferences() {
+    return [
+        { trigger: ".o_user_menu button", run: "click" },
+        { trigger: "[data-menu=settings]", run: "click" },
+        { trigger: ".modal [name=ally_smtp_use_own]" },
+    ];
+}
+
+registry.category("web_tour.tours").add("ally_smtp_preferences", {
+    steps: () => [
+        ...openPreferences(),
+        expectText(".modal .o_inner_group:has([name=ally_smtp_use_own])", "useOwn"),
+        {
+            content: "Switch on my own SMTP configuration",
+            trigger: ".modal [name=ally_smtp_use_own] input",
+            run: "check",
+        },
+        {
+            content: "Enter the mailbox",
+            trigger: ".modal [name=ally_smtp_email] input",
+            run: (helpers) => helpers.edit(window.allySmtpTour.email),
+        },
+        {
+            content: "Enter the mailbox password",
+            trigger: ".modal [name=ally_smtp_password] input",
+            run: (helpers) => helpers.edit(window.allySmtpTour.password),
+        },
+        expectText(".modal button[name=action_ally_smtp_test]", "test"),
+        {
+            content: "Press Test SMTP configuration",
+            trigger: ".modal button[name=action_ally_smtp_test]",
+            run: "click",
+        },
+        {
+            content: "Success, naming the Sent folder",
+            trigger: ".o_notification:contains('Sent')",
+        },
+        expectText(".o_notification:contains('Sent')", "works"),
+        {
+            content: "The status says it works",
+            trigger:
+                ".modal [name=ally_smtp_state] span:contains(Working), .modal [name=ally_smtp_state] span:contains(Funcionando)",
+        },
+        showOnScreen(".modal [name=ally_smtp_state]"),
+    ],
+});
+
+registry.category("web_tour.tours").add("ally_smtp_preferences_wrong_password", {
+    steps: () => [
+        ...openPreferences(),
+        {
+            content: "Enter a wrong password",
+            trigger: ".modal [name=ally_smtp_password] input",
+            run: "edit not-the-password",
+        },
+        {
+            content: "Press Test SMTP configuration again",
+            trigger: ".modal button[name=action_ally_smtp_test]",
+            run: "click",
+        },
+        {
+            content: "An error the consultant can act on",
+            trigger: ".o_error_dialog .modal-body",
+        },
+        expectText(".o_error_dialog .modal-body", "refused"),
+    ],
+});
+
+registry.category("web_tour.tours").add("ally_smtp_student_message", {
+    steps: () => [
+        { trigger: ".o-mail-Chatter" },
+        {
+            content: "Open the message composer",
+            trigger: ".o-mail-Chatter-topbar button:contains(Send message), .o-mail-Chatter-topbar button:contains(Enviar mensagem)",
+            run: "click",
+        },
+
+        {
+            content: "Write to the student",
+            trigger: ".o-mail-Composer-input",
+            run: "edit Hello from your consultant",
+        },
+        {
+            content: "Send",
+            trigger: ".o-mail-Composer-send:enabled",
+            run: "click",
+        },
+        {
+            content: "The message is in the chatter",
+            trigger: ".o-mail-Message:contains(Hello from your consultant)",
+        },
+        {
+            content: "It is marked sent by email",
+            trigger:
+                ".o-mail-Message:contains(Hello from your consultant) .o-mail-Message-notification:not(.text-danger)",
+        },
+    ],
+});
