@@ -235,6 +235,13 @@ def cmd_test(args):
         if not args.pytest_args:
             step("browser tours (Odoo's runner, headless Chromium)")
             ok = tours(odoo_path, services, config, args.screenshots) and ok
+    if not partial:
+        step("make demo, as a newcomer would run it (started, answers, stopped)")
+        try:
+            cmd_demo(argparse.Namespace(port=free_port(), check=True))
+        except SystemExit as exc:
+            print(f"harness: the demo failed: {exc}", file=sys.stderr)
+            ok = False
     print("\nharness:", "all green" if ok else "FAILED", flush=True)
     return 0 if ok else 1
 

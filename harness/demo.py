@@ -7,7 +7,9 @@ import imaplib
 import json
 import shutil
 import ssl
+import time
 import urllib.request
+import xmlrpc.client
 
 from .odoo import (
     ensure_dependencies,
@@ -96,10 +98,65 @@ Open a student (Contacts: Maria Estudante), send a message, then:
         wait_port(args.port, timeout=60)
         with urllib.request.urlopen(url + "/web/login", timeout=30) as page:
             assert page.status == 200, page.status
-        print("demo: Odoo answers on", url, flush=True)
+        _check_consultant_message(url)
+        print("demo: Odoo answers on", url, "and ana's message arrived", flush=True)
     finally:
         process.terminate()
         process.wait(30)
+
+
+def _check_consultant_message(url):
+    """Ana writes to Maria; Maria receives it and Ana finds it in Sent."""
+    common = xmlrpc.client.ServerProxy(url + "/xmlrpc/2/common")
+    uid = common.authenticate(DEMO_DB, "ana", "ana", {})
+    models = xmlrpc.client.ServerProxy(url + "/xmlrpc/2/object")
+    subject = f"demo check {time.time()}"
+    maria = models.execute_kw(
+        DEMO_DB,
+        uid,
+        "ana",
+        "res.partner",
+        "search",
+        [[("name", "=", "Maria Estudante")]],
+    )
+    models.execute_kw(
+        DEMO_DB,
+        uid,
+        "ana",
+        "res.partner",
+        "message_post",
+        maria,
+        {"body": subject, "subject": subject, "subtype_xmlid": "mail.mt_comment"},
+    )
+    info = json.loads(POINTER.read_text())
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        inbox = _subjects(info, "student1@school.test", "INBOX")
+        sent = _subjects(info, LOGINS["ana"], "Sent")
+        if subject in inbox and subject in sent:
+            return
+        time.sleep(2)
+    raise SystemExit(f"ana's demo message did not arrive: {inbox=} {sent=}")
+
+
+def _subjects(info, login, folder):
+    with _imap(info, login) as imap:
+        imap.select(folder, readonly=True)
+        _typ, data = imap.search(None, "ALL")
+        subjects = []
+        for number in data[0].split():
+            _typ, parts = imap.fetch(number, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            subjects.append(_decode(email.message_from_bytes(parts[0][1])["Subject"]))
+        return subjects
+
+
+def _imap(info, login):
+    context = ssl.create_default_context(cafile=info["ca_file"])
+    imap = imaplib.IMAP4_SSL(
+        info["imap"]["host"], info["imap"]["port"], ssl_context=context, timeout=10
+    )
+    imap.login(login, info["mailboxes"][login])
+    return imap
 
 
 def _decode(value):
@@ -114,11 +171,7 @@ def cmd_mailbox(args):
     if login not in info["mailboxes"]:
         names = ", ".join([*LOGINS, *info["mailboxes"]])
         raise SystemExit(f"No mailbox {args.user!r}; try one of: {names}")
-    context = ssl.create_default_context(cafile=info["ca_file"])
-    with imaplib.IMAP4_SSL(
-        info["imap"]["host"], info["imap"]["port"], ssl_context=context, timeout=10
-    ) as imap:
-        imap.login(login, info["mailboxes"][login])
+    with _imap(info, login) as imap:
         for folder in ("INBOX", "Sent"):
             _typ, count = imap.select(folder, readonly=True)
             print(f"\n{login} / {folder}: {int(count[0])} message(s)")

@@ -66,7 +66,8 @@ class AllySmtpSentCopy(models.Model):
         Odoo sends one SMTP transaction per recipient partner, all with the
         same Message-ID: they make one copy that lists every recipient.
         """
-        if user.company_id.ally_smtp_sent_copy == "never":
+        company = user.company_id
+        if company.ally_smtp_sent_copy == "never" or not company.ally_smtp_imap_host:
             return self.browse()
         message_id = (message["Message-Id"] or "").strip()
         recipients = tools.mail.email_split_and_format(str(message["To"] or ""))
@@ -107,7 +108,8 @@ class AllySmtpSentCopy(models.Model):
         due = self.search(
             [("state", "=", "pending"), ("next_try", "<=", fields.Datetime.now())]
         )
-        for user in due.user_id:
+        # a refused password is not tried again until the user fixes it
+        for user in due.user_id.filtered(lambda u: u.ally_smtp_state != "failed"):
             due.filtered(lambda c, u=user: c.user_id == u)._ally_smtp_file(user)
 
     def _ally_smtp_file(self, user):
@@ -137,7 +139,7 @@ class AllySmtpSentCopy(models.Model):
                     mailbox.append(imap, folder, copy._ally_smtp_message(), date)
                     copy.write({"state": "done", "last_error": False})
         except Exception as exc:  # noqa: BLE001 - retried, then shown to the user
-            _kind, message = errors.classify(
+            kind, message = errors.classify(
                 user.with_context(lang=user.lang).env,
                 exc,
                 host,
@@ -145,6 +147,8 @@ class AllySmtpSentCopy(models.Model):
                 user.ally_smtp_email,
             )
             _logger.info("ally_smtp: Sent copy for user %s delayed: %s", user.id, exc)
+            if kind == errors.AUTH:
+                user._ally_smtp_auth_failed(message)
             for copy in self.filtered(lambda c: c.state == "pending"):
                 copy.write(
                     {

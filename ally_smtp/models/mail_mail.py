@@ -20,6 +20,11 @@ class MailMail(models.Model):
         "Delivery attempts", copy=False, readonly=True, default=0
     )
 
+    def mark_outgoing(self):
+        """A mail retried by hand gets its automatic attempts back."""
+        self.ally_smtp_attempts = 0
+        return super().mark_outgoing()
+
     def _split_by_mail_configuration(self):
         """Mail written by a user with their own mailbox goes through it.
 

@@ -5,7 +5,7 @@ from odoo import _, api, fields, models
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import email_normalize, email_split
 
-from ..lib import actions, crypto, mailbox
+from ..lib import actions, crypto, errors, mailbox
 
 _logger = logging.getLogger(__name__)
 
@@ -239,9 +239,13 @@ class ResUsers(models.Model):
             folder = user._ally_smtp_probe()
         except UserError as exc:
             message = exc.args[0]
+            # Only a refused password stops sending; other failures (a timeout,
+            # no Sent folder) leave the mailbox usable but untested.
+            refused = getattr(exc, "ally_smtp_kind", None) == errors.AUTH
+            state = "failed" if refused else "untested"
             # The UserError rolls the transaction back; keep the outcome anyway.
             self.env.cr.postrollback.add(
-                lambda: user._ally_smtp_record_after_rollback("failed", message)
+                lambda: user._ally_smtp_record_after_rollback(state, message)
             )
             raise
         user._ally_smtp_sync_server()
@@ -253,12 +257,20 @@ class ResUsers(models.Model):
                 "ally_smtp_sent_folder": folder,
             }
         )
-        message = _(
-            "Your mailbox works. Mail you write in Odoo leaves from %(address)s "
-            "and a copy goes to your folder '%(folder)s'.",
-            address=user.ally_smtp_email,
-            folder=folder or _("(none found)"),
-        )
+        if folder:
+            message = _(
+                "Your mailbox works. Mail you write in Odoo leaves from "
+                "%(address)s and a copy goes to your folder '%(folder)s'.",
+                address=user.ally_smtp_email,
+                folder=folder,
+            )
+        else:
+            message = _(
+                "Your mailbox works. Mail you write in Odoo leaves from "
+                "%(address)s. No IMAP server is set up for the agency, so Odoo "
+                "adds no copy to your Sent folder.",
+                address=user.ally_smtp_email,
+            )
         notification = actions.notify(message, _("SMTP configuration works"))
         # reopen My Profile so it shows the new status
         notification["params"]["next"] = dict(self.action_get(), res_id=self.id)
@@ -282,17 +294,19 @@ class ResUsers(models.Model):
             .with_context(active_test=False)
             .search([("ally_smtp_password_crypt", "!=", False)])
         )
+        rotated = 0
         for user in users:
             token = crypto.rotate(self.env, user.ally_smtp_password_crypt)
             if token:
                 user.ally_smtp_password_crypt = token
+                rotated += 1
             else:
                 _logger.warning(
                     "ally_smtp: the password of user %s cannot be decrypted with "
                     "any configured key; left as it is",
                     user.id,
                 )
-        return len(users)
+        return rotated
 
     def _ally_smtp_password(self):
         """The decrypted mailbox password; call as superuser only."""

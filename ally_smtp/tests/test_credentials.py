@@ -108,11 +108,10 @@ class TestCredentials(AllySmtpCase):
                 self.company.write(self.company_values(**values))
                 self._assert_test_fails(*words)
 
-    def test_failure_state_survives_the_rollback(self):
-        self.alice.with_user(self.alice).ally_smtp_password = "wrong"
+    def _test_and_roll_back(self):
+        """Press Test; then what the RPC layer's rollback would run."""
         with self.assertRaises(UserError) as caught:
             self.alice.with_user(self.alice).action_ally_smtp_test()
-        # the RPC layer rolls the transaction back and runs these callbacks
         callbacks = list(self.env.cr.postrollback._funcs)
         self.assertEqual(len(callbacks), 1)
         self.env.cr.postrollback.clear()
@@ -121,8 +120,25 @@ class TestCredentials(AllySmtpCase):
             cursor.return_value.__enter__.return_value = self.env.cr
             callbacks[0]()
         self.alice.invalidate_recordset()
+        return caught.exception.args[0]
+
+    def test_failure_state_survives_the_rollback(self):
+        self.alice.with_user(self.alice).ally_smtp_password = "wrong"
+        message = self._test_and_roll_back()
         self.assertEqual(self.alice.ally_smtp_state, "failed")
-        self.assertEqual(self.alice.ally_smtp_last_error, caught.exception.args[0])
+        self.assertEqual(self.alice.ally_smtp_last_error, message)
+
+    def test_other_failures_do_not_stop_sending(self):
+        self.company.write(self.company_values(ally_smtp_port=free_port()))
+        message = self._test_and_roll_back()
+        self.assertIn("Nothing answers", message)
+        self.assertEqual(self.alice.ally_smtp_state, "untested")
+        self.assertEqual(self.alice.ally_smtp_last_error, message)
+
+    def test_without_imap_server_no_copy_is_promised(self):
+        self.company.ally_smtp_imap_host = False
+        action = self.alice.with_user(self.alice).action_ally_smtp_test()
+        self.assertIn("No IMAP server", action["params"]["message"])
 
     # -- access -------------------------------------------------------------
     def test_password_is_write_only(self):

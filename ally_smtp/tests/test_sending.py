@@ -325,3 +325,42 @@ class TestSending(AllySmtpCase):
             lambda m: "agency's mail server" in (m.body or "")
         )
         self.assertEqual(len(note), 1)
+
+    def test_refused_imap_password_stops_the_copies(self):
+        message = self.post(self.alice)
+        # the password changes after the send: IMAP refuses the stored one
+        self.alice.with_user(self.alice).ally_smtp_password = "changed-elsewhere"
+        self.file_copies()
+        copy = self.env["ally.smtp.sent.copy"].search(
+            [("message_id", "=", message.message_id)]
+        )
+        self.assertEqual(copy.state, "pending")
+        self.assertEqual(copy.attempts, 1)
+        self.assertEqual(self.alice.ally_smtp_state, "failed")
+        # no new login with that password, however often the cron runs
+        copy.next_try = fields.Datetime.now() - timedelta(seconds=1)
+        self.file_copies()
+        self.assertEqual(copy.attempts, 1)
+        # the right password again: the copy is filed once (Dovecot, like many
+        # providers, answers the next login slowly after a refused one)
+        self.env["ir.config_parameter"].sudo().set_param("ally_smtp.timeout", "20")
+        self.alice.with_user(self.alice).ally_smtp_password = self.harness["mailboxes"][
+            "alice@agency.test"
+        ]
+        self.file_copies()
+        self.assertEqual(copy.state, "done", copy.last_error)
+        self.assertEqual(len(self.alice_box.find("Sent", message.message_id)), 1)
+
+    def test_no_imap_server_no_copy(self):
+        self.company.ally_smtp_imap_host = False
+        message = self.post(self.alice)
+        copies = self.env["ally.smtp.sent.copy"].search(
+            [("message_id", "=", message.message_id)]
+        )
+        self.assertFalse(copies)
+
+    def test_retry_by_hand_restores_the_attempts(self):
+        mail = self.queue(self.alice, "tired")
+        mail.write({"state": "exception", "ally_smtp_attempts": 4})
+        mail.action_retry()
+        self.assertEqual((mail.state, mail.ally_smtp_attempts), ("outgoing", 0))
