@@ -177,6 +177,12 @@ class AllySmtpMixin:
         )
         return user
 
+    @classmethod
+    def load_portuguese(cls, modules_domain):
+        """Activate pt_BR and load its terms for the modules of the domain."""
+        cls.env["res.lang"]._activate_lang("pt_BR")
+        cls.env["ir.module.module"].search(modules_domain)._update_translations("pt_BR")
+
     @contextlib.contextmanager
     def live(self):
         """Let Odoo really talk SMTP inside this block (tests block it)."""

@@ -11,10 +11,7 @@ class TestPortuguese(AllySmtpCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.env["res.lang"]._activate_lang("pt_BR")
-        cls.env["ir.module.module"].search(
-            [("name", "=", "ally_smtp")]
-        )._update_translations("pt_BR")
+        cls.load_portuguese([("name", "=", "ally_smtp")])
 
     def test_labels(self):
         Users = self.env["res.users"].with_context(lang="pt_BR")

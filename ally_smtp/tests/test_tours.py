@@ -25,10 +25,7 @@ class TestTours(AllySmtpMixin, HttpCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.env["res.lang"]._activate_lang("pt_BR")
-        cls.env["ir.module.module"].search(
-            [("state", "=", "installed")]
-        )._update_translations("pt_BR")
+        cls.load_portuguese([("state", "=", "installed")])  # whole screens
         cls.student = cls.env["res.partner"].create(
             {"name": "Student One", "email": "student1@school.test"}
         )
