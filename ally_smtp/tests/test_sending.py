@@ -364,3 +364,24 @@ class TestSending(AllySmtpCase):
         mail.write({"state": "exception", "ally_smtp_attempts": 4})
         mail.action_retry()
         self.assertEqual((mail.state, mail.ally_smtp_attempts), ("outgoing", 0))
+
+    def test_routing_costs_the_same_queries_for_many_mails(self):
+        def queries(mails):
+            mails.invalidate_recordset()
+            self.env.invalidate_all()
+            before = self.env.cr.sql_log_count
+            list(mails._split_by_mail_configuration())
+            return self.env.cr.sql_log_count - before
+
+        few = self.env["mail.mail"].concat(
+            *(self.queue(user, "few") for user in (self.alice, self.bob))
+        )
+        many = self.env["mail.mail"].concat(
+            *(
+                self.queue(user, f"many {i}")
+                for i in range(10)
+                for user in (self.alice, self.bob)
+            )
+        )
+        queries(few)  # warm the caches that do not depend on the mails
+        self.assertEqual(queries(few), queries(many))
