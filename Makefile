@@ -2,7 +2,7 @@
 # else $ODOO_PATH, else /opt/odoo.
 PYTHON ?= python3
 
-.PHONY: demo test mailbox i18n screenshots
+.PHONY: demo test mailbox i18n screenshots bench
 # Odoo with ally_smtp, demo data and a local mail provider on http://localhost:8069.
 demo:
 	$(PYTHON) -m harness demo
@@ -22,3 +22,7 @@ i18n:
 # Refresh the screenshots of docs/ (English and pt_BR) from the browser tours.
 screenshots:
 	$(PYTHON) -m harness test --tours-only --screenshots docs
+
+# Queue-run speed of the personal path against stock Odoo sending (bench/).
+bench:
+	$(PYTHON) -m harness test bench/bench_send.py -s
