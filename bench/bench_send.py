@@ -69,17 +69,7 @@ class BenchSend(AllySmtpCase):
 
     def test_bench(self):
         # the stock path: the agency's ir.mail_server, as Odoo sends without us
-        self.env["ir.mail_server"].create(
-            {
-                "name": "agency",
-                "smtp_host": "localhost",
-                "smtp_port": self.harness["smtp"]["ports"]["ssl"],
-                "smtp_encryption": "ssl",
-                "smtp_authentication": "login",
-                "smtp_user": "carol@agency.test",
-                "smtp_pass": self.harness["mailboxes"]["carol@agency.test"],
-            }
-        )
+        self.agency_server()
         plain = new_test_user(
             self.env,
             login="plain",

@@ -178,6 +178,21 @@ class AllySmtpMixin:
         return user
 
     @classmethod
+    def agency_server(cls):
+        """Odoo's ordinary ir.mail_server, logged in as the agency (carol)."""
+        return cls.env["ir.mail_server"].create(
+            {
+                "name": "agency",
+                "smtp_host": cls.harness["smtp"]["host"],
+                "smtp_port": cls.harness["smtp"]["ports"]["ssl"],
+                "smtp_encryption": "ssl",
+                "smtp_authentication": "login",
+                "smtp_user": "carol@agency.test",
+                "smtp_pass": cls.harness["mailboxes"]["carol@agency.test"],
+            }
+        )
+
+    @classmethod
     def load_portuguese(cls, modules_domain):
         """Activate pt_BR and load its terms for the modules of the domain."""
         cls.env["res.lang"]._activate_lang("pt_BR")

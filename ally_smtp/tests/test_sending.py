@@ -21,17 +21,7 @@ class TestSending(AllySmtpCase):
             {"name": "Student Two", "email": "student2@school.test"}
         )
         # the agency's ordinary server, for everything that is not personal
-        cls.company_server = cls.env["ir.mail_server"].create(
-            {
-                "name": "agency",
-                "smtp_host": "localhost",
-                "smtp_port": cls.harness["smtp"]["ports"]["ssl"],
-                "smtp_encryption": "ssl",
-                "smtp_authentication": "login",
-                "smtp_user": "carol@agency.test",
-                "smtp_pass": cls.harness["mailboxes"]["carol@agency.test"],
-            }
-        )
+        cls.company_server = cls.agency_server()
         cls.alice_box = Mailbox(cls.harness, "alice@agency.test")
         cls.bob_box = Mailbox(cls.harness, "bob@agency.test")
 
