@@ -18,6 +18,7 @@
         "views/ally_smtp_sent_copy_views.xml",
         "views/res_config_settings_views.xml",
         "views/res_users_views.xml",
+        "views/ir_mail_server_views.xml",
     ],
     "assets": {
         "web.assets_tests": ["ally_smtp/static/tests/tours/*.js"],

@@ -20,6 +20,7 @@ from .odoo import (
     step,
     write_config,
 )
+from .prefork import run_e2e
 from .services import IS_ROOT, ROOT, Services, free_port
 
 TEST_DB = "ally_smtp_test"
@@ -218,13 +219,13 @@ def cmd_test(args):
     odoo_path = find_odoo()
     print(f"harness: Odoo found at {odoo_path}", flush=True)
     ensure_dependencies(odoo_path)
-    partial = bool(args.pytest_args) or args.tours_only
+    partial = bool(args.pytest_args) or args.tours_only or args.e2e_only
     ok = lint() if not partial else True
     with Services() as services:
         config = write_config(services, odoo_path, services.dir / "odoo.conf")
         step(f"install {ADDON} in a new database")
         install(odoo_path, config, TEST_DB, "--without-demo=all")
-        if not args.tours_only:
+        if not (args.tours_only or args.e2e_only):
             step("tests (pytest-odoo)")
             junit = services.dir / "junit.xml"
             code = pytest(odoo_path, services, config, junit, args.pytest_args)
@@ -232,9 +233,15 @@ def cmd_test(args):
             if junit.exists() and skipped(junit):
                 print(f"harness: {skipped(junit)} skipped: failing", flush=True)
                 ok = False
-        if not args.pytest_args:
+        if not (args.pytest_args or args.e2e_only):
             step("browser tours (Odoo's runner, headless Chromium)")
             ok = tours(odoo_path, services, config, args.screenshots) and ok
+        if not (partial and not args.e2e_only):
+            e2e_ok, junit = run_e2e(odoo_path, services, config)
+            ok = ok and e2e_ok
+            if junit.exists() and skipped(junit):
+                print(f"harness: {skipped(junit)} skipped: failing", flush=True)
+                ok = False
     if not partial:
         step("make demo, as a newcomer would run it (started, answers, stopped)")
         try:
@@ -278,6 +285,11 @@ def main():
     test = sub.add_parser("test", help="run every test and linter on real servers")
     test.add_argument(
         "--tours-only", action="store_true", help="only the browser tours"
+    )
+    test.add_argument(
+        "--e2e-only",
+        action="store_true",
+        help="only the suite against a prefork server (e2e/)",
     )
     test.add_argument(
         "--screenshots", type=os.path.abspath, help="save the tours' screenshots here"

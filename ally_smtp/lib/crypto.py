@@ -8,6 +8,8 @@ file is generated once in Odoo's data directory.
 
 import logging
 import os
+import tempfile
+import time
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -18,24 +20,78 @@ _logger = logging.getLogger(__name__)
 KEY_FILE = "ally_smtp.key"
 
 
-def _key_file():
+def _key_file(env):
+    """The generated key, made once, whole, by whichever process comes first."""
     path = os.path.join(config["data_dir"], KEY_FILE)
-    if not os.path.exists(path):
-        os.makedirs(config["data_dir"], exist_ok=True)
+    for _attempt in range(20):
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(Fernet.generate_key())
-            _logger.info("ally_smtp: generated the encryption key file %s", path)
-        except FileExistsError:
-            _logger.debug("ally_smtp: key file %s made by another worker", path)
-    with open(path, "rb") as f:
-        return f.read().decode().strip()
+            with open(path, "rb") as f:
+                key = f.read().decode().strip()
+        except FileNotFoundError:
+            _refuse_if_passwords_stored(env, path)
+            create_key_file(path)
+            continue
+        if key:
+            return key
+        time.sleep(0.1)  # a file left empty by an older version's crash
+    raise UserError(
+        env._(
+            "The ally_smtp key file %(path)s is empty. Put the key back in it, or "
+            "set the Odoo option 'ally_smtp_key' (or ALLY_SMTP_KEY).",
+            path=path,
+        )
+    )
+
+
+def _refuse_if_passwords_stored(env, path):
+    """Passwords stored without their key file were encrypted with a key that
+    is missing: a new key would not decrypt them, so none is made."""
+    stored = (
+        env["res.users"]
+        .sudo()
+        .with_context(active_test=False)
+        .search_count([("ally_smtp_password_crypt", "!=", False)], limit=1)
+    )
+    if not stored:
+        return
+    _logger.error(
+        "ally_smtp: the key file %s is missing but mailbox passwords are stored; "
+        "no new key is made. Restore the file or set the option 'ally_smtp_key'.",
+        path,
+    )
+    raise UserError(
+        env._(
+            "The ally_smtp encryption key is missing: the key file %(path)s does "
+            "not exist, yet mailbox passwords are stored. Ask your administrator "
+            "to restore that file or to set the Odoo option 'ally_smtp_key' (or "
+            "ALLY_SMTP_KEY); no password was changed.",
+            path=path,
+        )
+    )
+
+
+def create_key_file(path):
+    """Write a new key beside ``path``, then link it in place: a reader sees
+    the whole key or no file, and the first of several processes wins."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ally_smtp.key.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(Fernet.generate_key())
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        _logger.info("ally_smtp: generated the encryption key file %s", path)
+    except FileExistsError:
+        _logger.debug("ally_smtp: key file %s made by another process", path)
+    finally:
+        os.unlink(tmp)
 
 
 def _keys(env):
     raw = config.get("ally_smtp_key") or os.environ.get("ALLY_SMTP_KEY") or ""
-    keys = [k.strip() for k in raw.split(",") if k.strip()] or [_key_file()]
+    keys = [k.strip() for k in raw.split(",") if k.strip()] or [_key_file(env)]
     try:
         return MultiFernet([Fernet(k) for k in keys])
     except (ValueError, TypeError) as exc:

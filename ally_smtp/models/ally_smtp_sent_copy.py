@@ -109,7 +109,7 @@ class AllySmtpSentCopy(models.Model):
             [("state", "=", "pending"), ("next_try", "<=", fields.Datetime.now())]
         )
         # a refused password is not tried again until the user fixes it
-        for user in due.user_id.filtered(lambda u: u.ally_smtp_state != "failed"):
+        for user in due.user_id.filtered(lambda u: not u._ally_smtp_blocked()):
             due.filtered(lambda c, u=user: c.user_id == u)._ally_smtp_file(user)
 
     def _ally_smtp_file(self, user):

@@ -1,7 +1,10 @@
+import contextlib
 import logging
 import smtplib
+import threading
 
-from odoo import api, fields, models, modules
+from odoo import _, api, fields, models, modules
+from odoo.exceptions import AccessError, ValidationError
 
 from odoo.addons.base.models.ir_mail_server import MailDeliveryException
 
@@ -11,6 +14,50 @@ _logger = logging.getLogger(__name__)
 
 
 FAILURES = "ally_smtp.failures"
+# (database, server id) pairs that mail.mail routing opened for this thread
+_GRANTS = threading.local()
+
+
+@contextlib.contextmanager
+def granted(server):
+    """Let ``connect()`` log in to ``server`` once, inside this block only.
+
+    Only ``mail.mail`` routing, after its owner check, opens such a block:
+    every other caller of ``connect()`` (RPC, a forged ``mail_server_id``, a
+    future Odoo entry point) finds no grant and is refused before any login.
+    """
+    key = (server.env.cr.dbname, server.id)
+    grants = _GRANTS.__dict__.setdefault("keys", set())
+    grants.add(key)
+    try:
+        yield
+    finally:
+        grants.discard(key)
+
+
+def _take_grant(server):
+    grants = _GRANTS.__dict__.get("keys", set())
+    key = (server.env.cr.dbname, server.id)
+    if key not in grants:
+        return False
+    grants.discard(key)
+    return True
+
+
+def check_mail_server(records):
+    """Users may not pick a personal mailbox as a record's mail server."""
+    if records.env.su:
+        return
+    for record in records:
+        if record.sudo().mail_server_id.ally_smtp_owner_id:
+            raise ValidationError(
+                records.env._(
+                    "%(server)s is a user's personal mailbox, managed by ally_smtp: "
+                    "it only sends its owner's own mail. Leave the outgoing mail "
+                    "server empty; mail you write leaves from your own mailbox.",
+                    server=record.sudo().mail_server_id.name,
+                )
+            )
 
 
 class AllySmtpDeliveryError(MailDeliveryException):
@@ -57,12 +104,29 @@ class IrMailServer(models.Model):
         """Personal servers get a verified-TLS session logged in as their owner.
 
         Odoo 18 neither verifies certificates nor knows our encrypted passwords,
-        so the session of a personal server is opened here; everything else
-        (and test mode) goes to ``super()``.
+        so the session of a personal server is opened here, and only for a
+        batch that ``mail.mail`` routing granted (its owner's own mail);
+        everything else goes to ``super()``.
         """
         server_id = kwargs.get("mail_server_id")
-        server = self.sudo().browse(server_id) if server_id else self.browse()
-        if not server.ally_smtp_owner_id or modules.module.current_test:
+        server = self.sudo().browse(server_id).exists() if server_id else self.browse()
+        if not server.ally_smtp_owner_id:
+            return super().connect(*args, **kwargs)
+        if not _take_grant(server):
+            _logger.warning(
+                "ally_smtp: refused a session with the personal mailbox of user %s "
+                "asked by user %s outside its owner's own mail",
+                server.ally_smtp_owner_id.id,
+                self.env.uid,
+            )
+            raise AccessError(
+                _(
+                    "%(server)s is a user's personal mailbox: it only sends its "
+                    "owner's own mail.",
+                    server=server.name,
+                )
+            )
+        if modules.module.current_test:
             return super().connect(*args, **kwargs)
         return server._ally_smtp_connect(kwargs.get("smtp_from"))
 
@@ -70,18 +134,9 @@ class IrMailServer(models.Model):
         user = self.ally_smtp_owner_id
         company = user.company_id
         env = self.with_context(lang=user.lang).env
-        if user.ally_smtp_state == "failed":
-            raise _failed(
-                user,
-                errors.PERMANENT,
-                env._(
-                    "Not sent: the mailbox %(address)s refused its password earlier "
-                    "(%(error)s). Enter the password again in My Profile and press "
-                    "'Test SMTP configuration'; the mail can then be resent.",
-                    address=user.ally_smtp_email,
-                    error=user.ally_smtp_last_error or "",
-                ),
-            )
+        blocked = user.with_env(env)._ally_smtp_blocked()
+        if blocked:
+            raise _failed(user, errors.PERMANENT, blocked)
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
             connection = company._ally_smtp_open_smtp()

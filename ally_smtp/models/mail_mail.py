@@ -5,7 +5,7 @@ from datetime import timedelta
 from odoo import fields, models, tools
 
 from ..lib import errors
-from .ir_mail_server import FAILURES
+from .ir_mail_server import FAILURES, granted
 
 _logger = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ class MailMail(models.Model):
     def _split_by_mail_configuration(self):
         """Mail written by a user with their own mailbox goes through it.
 
-        One batch (so one SMTP session) per user; the rest follows Odoo.
+        One batch (so one SMTP session) per user; the rest follows Odoo. The
+        session of a personal server can only be opened inside ``granted()``.
         """
         personal = self._ally_smtp_personal_servers()
         others = self.filtered(lambda mail: mail.id not in personal)
@@ -45,11 +46,18 @@ class MailMail(models.Model):
             user = server.ally_smtp_owner_id
             smtp_from = tools.formataddr((user.name, server.from_filter))
             for batch_ids in tools.split_every(size, mail_ids):
-                # no alias domain: the envelope must stay the user's mailbox
-                yield server.id, False, smtp_from, list(batch_ids)
+                with granted(server):
+                    # no alias domain: the envelope must stay the user's mailbox
+                    yield server.id, False, smtp_from, list(batch_ids)
 
     def _ally_smtp_personal_servers(self):
-        """``{mail id: personal ir.mail_server}`` for the mails to reroute."""
+        """``{mail id: personal ir.mail_server}`` for the mails to reroute.
+
+        A mailbox only sends its owner's own mail: the mail and its message
+        were both created by the owner, who is also the author. A mail that
+        names someone's personal server otherwise loses that server and
+        follows Odoo's ordinary path.
+        """
         Server = self.env["ir.mail_server"].sudo()
         servers = Server.search([("ally_smtp_owner_id", "!=", False)])
         if not servers:
@@ -59,15 +67,25 @@ class MailMail(models.Model):
         for mail in self.sudo():
             user = mail.mail_message_id.create_uid
             server = by_user.get(user)
-            if not (
+            own = (
                 server
-                and not mail.mail_server_id
+                and mail.create_uid == user
                 and mail.author_id == user.partner_id
                 and user.ally_smtp_use_own
                 and not getattr(mail, "mailing_id", False)
-            ):
+            )
+            named = mail.mail_server_id
+            if named.ally_smtp_owner_id and not (own and named == server):
+                _logger.warning(
+                    "ally_smtp: mail %s named the personal mailbox of user %s; "
+                    "sent through the agency's server instead",
+                    mail.id,
+                    named.ally_smtp_owner_id.id,
+                )
+                mail.mail_server_id = named = False
+            if not own or (named and named != server):
                 continue
-            if user.ally_smtp_state == "failed" and user.company_id.ally_smtp_fallback:
+            if user._ally_smtp_blocked() and user.company_id.ally_smtp_fallback:
                 mail._ally_smtp_note_fallback(user)
                 continue
             result[mail.id] = server
@@ -82,9 +100,10 @@ class MailMail(models.Model):
             record._message_log(
                 body=self.env._(
                     "Sent from the agency's mail server: the mailbox %(address)s of "
-                    "%(name)s refused its password.",
+                    "%(name)s cannot be used now (%(reason)s).",
                     address=user.ally_smtp_email,
                     name=user.name,
+                    reason=user._ally_smtp_blocked(),
                 )
             )
 

@@ -14,6 +14,9 @@ SERVER_FIELDS = {
     "ally_smtp_port",
     "ally_smtp_encryption",
 }
+# where the users' passwords go: a change needs each owner's Test first (the
+# IMAP port is left out: the same host, and its outage is not a move)
+TRUST_FIELDS = SERVER_FIELDS | {"ally_smtp_imap_host", "ally_smtp_verify_tls"}
 PROVIDERS = [
     ("gmail", "Gmail / Google Workspace"),
     ("microsoft365", "Microsoft 365"),
@@ -127,8 +130,9 @@ class ResCompany(models.Model):
         self.ally_smtp_integrated_at = False
 
     def write(self, vals):
+        keys = {company: company._ally_smtp_server_key() for company in self}
         result = super().write(vals)
-        if SERVER_FIELDS & vals.keys():
+        if TRUST_FIELDS & vals.keys():
             users = (
                 self.env["res.users"]
                 .sudo()
@@ -136,7 +140,18 @@ class ResCompany(models.Model):
                     [("company_id", "in", self.ids), ("ally_smtp_use_own", "=", True)]
                 )
             )
-            users._ally_smtp_sync_server()
+            moved = users.filtered(
+                lambda u: keys[u.company_id] != u.company_id._ally_smtp_server_key()
+            )
+            if moved:
+                moved.write({"ally_smtp_state": "untested"})
+                _logger.info(
+                    "ally_smtp: mail server changed; %s mailbox(es) wait for their "
+                    "owner's Test",
+                    len(moved),
+                )
+            if SERVER_FIELDS & vals.keys():
+                users._ally_smtp_sync_server()
         return result
 
     def action_ally_smtp_integrate(self):
@@ -200,6 +215,20 @@ class ResCompany(models.Model):
                 imap.capability()
         except Exception as exc:  # noqa: BLE001
             self._ally_smtp_fail(exc, host, port)
+
+    def _ally_smtp_server_key(self):
+        """Which servers the users' passwords are sent to, as one string."""
+        self.ensure_one()
+        return "|".join(
+            str(value)
+            for value in (
+                (self.ally_smtp_host or "").strip().lower(),
+                self.ally_smtp_port,
+                self.ally_smtp_encryption,
+                (self.ally_smtp_imap_host or "").strip().lower(),
+                self.ally_smtp_verify_tls,
+            )
+        )
 
     def _ally_smtp_ready(self):
         self.ensure_one()

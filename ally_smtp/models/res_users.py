@@ -1,7 +1,7 @@
 import logging
 import smtplib
 
-from odoo import _, api, fields, models
+from odoo import _, api, fields, models, tools
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import email_normalize, email_split
 
@@ -19,15 +19,29 @@ STATE_FIELDS = [
     "ally_smtp_password_set",
     "ally_smtp_available",
 ]
+# a user's mailbox data: the owner and settings admins only
+PRIVATE_FIELDS = {
+    "ally_smtp_use_own",
+    "ally_smtp_email",
+    "ally_smtp_state",
+    "ally_smtp_last_error",
+    "ally_smtp_tested_at",
+    "ally_smtp_sent_folder",
+    "ally_smtp_password_set",
+    "ally_smtp_server_key",
+}
 
 
 class ResUsers(models.Model):
     _inherit = "res.users"
 
-    ally_smtp_use_own = fields.Boolean("Use my own SMTP configuration", copy=False)
+    ally_smtp_use_own = fields.Boolean(
+        "Use my own SMTP configuration", copy=False, prefetch="ally_smtp"
+    )
     ally_smtp_email = fields.Char(
         "SMTP email",
         copy=False,
+        prefetch="ally_smtp",
         help="Your mailbox address: mail you write in Odoo is sent from it.",
     )
     ally_smtp_password = fields.Char(
@@ -54,11 +68,30 @@ class ResUsers(models.Model):
         compute="_compute_ally_smtp_state",
         store=True,
         copy=False,
+        prefetch="ally_smtp",
     )
-    ally_smtp_last_error = fields.Text("SMTP error", copy=False, readonly=True)
-    ally_smtp_tested_at = fields.Datetime("SMTP tested on", copy=False, readonly=True)
-    ally_smtp_sent_folder = fields.Char("Sent folder", copy=False, readonly=True)
+    ally_smtp_last_error = fields.Text(
+        "SMTP error", copy=False, readonly=True, prefetch="ally_smtp"
+    )
+    ally_smtp_tested_at = fields.Datetime(
+        "SMTP tested on", copy=False, readonly=True, prefetch="ally_smtp"
+    )
+    ally_smtp_sent_folder = fields.Char(
+        "Sent folder", copy=False, readonly=True, prefetch="ally_smtp"
+    )
     ally_smtp_available = fields.Boolean(compute="_compute_ally_smtp_available")
+    # the agency server the password was given or tested for (see res.company)
+    ally_smtp_server_key = fields.Char(copy=False, groups="base.group_system")
+
+    def init(self):
+        super().init()
+        # one owner per mailbox and company, also under concurrent writes
+        tools.create_unique_index(
+            self.env.cr,
+            "res_users_ally_smtp_email_company_uniq",
+            self._table,
+            ["company_id", "lower(ally_smtp_email)"],
+        )
 
     @property
     def SELF_READABLE_FIELDS(self):
@@ -68,9 +101,26 @@ class ResUsers(models.Model):
     def SELF_WRITEABLE_FIELDS(self):
         return super().SELF_WRITEABLE_FIELDS + OWN_FIELDS
 
+    @api.model
+    def check_field_access_rights(self, operation, field_names):
+        """Colleagues neither read nor search anyone's mailbox data."""
+        may_see = (
+            self.env.su
+            or (self and all(user == self.env.user for user in self))
+            or self.env.user._is_system()
+        )
+        if field_names and PRIVATE_FIELDS.intersection(field_names) and not may_see:
+            raise AccessError(
+                _("Only its owner and settings administrators see a user's mailbox.")
+            )
+        result = super().check_field_access_rights(operation, field_names)
+        if not field_names and not may_see:
+            result = [name for name in result if name not in PRIVATE_FIELDS]
+        return result
+
     @api.constrains("ally_smtp_use_own", "ally_smtp_email")
     def _check_ally_smtp_email(self):
-        for user in self:
+        for user in self.sudo():
             if not user.ally_smtp_use_own and not user.ally_smtp_email:
                 continue
             address = user.ally_smtp_email or ""
@@ -130,6 +180,8 @@ class ResUsers(models.Model):
                 {
                     "ally_smtp_password_crypt": crypto.encrypt(self.env, password),
                     "ally_smtp_state": "untested",
+                    # given for the server configured now; a new one needs a Test
+                    "ally_smtp_server_key": user.company_id._ally_smtp_server_key(),
                 }
             )
             _logger.info("ally_smtp: mailbox password changed for user %s", user.id)
@@ -150,15 +202,55 @@ class ResUsers(models.Model):
         for user in self:
             user.ally_smtp_available = user.company_id.sudo()._ally_smtp_ready()
 
+    @api.model_create_multi
+    def create(self, vals_list):
+        for vals in vals_list:
+            _normalize_address(vals)
+            company = vals.get("company_id") or self.env.company.id
+            self._ally_smtp_check_address_free(vals.get("ally_smtp_email"), company)
+        return super().create(vals_list)
+
     def write(self, vals):
         if {"ally_smtp_email", "ally_smtp_password"} & vals.keys() or vals.get(
             "ally_smtp_use_own"
         ):
             self._ally_smtp_check_self()
+        _normalize_address(vals)
+        for user in self:
+            self._ally_smtp_check_address_free(
+                vals.get("ally_smtp_email"),
+                vals.get("company_id") or user.company_id.id,
+                user,
+            )
         result = super().write(vals)
         if {"ally_smtp_use_own", "ally_smtp_email", "company_id", "name"} & vals.keys():
             self._ally_smtp_sync_server()
         return result
+
+    def _ally_smtp_check_address_free(self, address, company_id, user=None):
+        """One owner per mailbox and company (the unique index backs it)."""
+        if not address:
+            return
+        taken = (
+            self.sudo()
+            .with_context(active_test=False)
+            .search_count(
+                [
+                    ("id", "!=", user.id if user else False),
+                    ("company_id", "=", company_id),
+                    ("ally_smtp_email", "=ilike", address.strip()),
+                ],
+                limit=1,
+            )
+        )
+        if taken:
+            raise ValidationError(
+                _(
+                    "%(address)s is already another user's mailbox. Each mailbox "
+                    "has one owner: enter your own address.",
+                    address=address,
+                )
+            )
 
     def _ally_smtp_sync_server(self):
         """Keep one personal ``ir.mail_server`` per user with a mailbox."""
@@ -252,6 +344,7 @@ class ResUsers(models.Model):
         user.write(
             {
                 "ally_smtp_state": "ok",
+                "ally_smtp_server_key": user.company_id._ally_smtp_server_key(),
                 "ally_smtp_last_error": False,
                 "ally_smtp_tested_at": fields.Datetime.now(),
                 "ally_smtp_sent_folder": folder,
@@ -308,6 +401,28 @@ class ResUsers(models.Model):
                 )
         return rotated
 
+    def _ally_smtp_blocked(self):
+        """Why the stored credentials may not be used now, or ``False``."""
+        self.ensure_one()
+        user = self.sudo()
+        if user.ally_smtp_state == "failed":
+            return self.env._(
+                "Not sent: the mailbox %(address)s refused its password earlier "
+                "(%(error)s). Enter the password again in My Profile and press "
+                "'Test SMTP configuration'; the mail can then be resent.",
+                address=user.ally_smtp_email,
+                error=user.ally_smtp_last_error or "",
+            )
+        if user.ally_smtp_server_key != user.company_id._ally_smtp_server_key():
+            return self.env._(
+                "Not sent: the agency's mail server changed after the password of "
+                "%(address)s was entered, and it is not sent to a new server "
+                "unasked. Press 'Test SMTP configuration' in My Profile; the mail "
+                "can then be resent.",
+                address=user.ally_smtp_email,
+            )
+        return False
+
     def _ally_smtp_password(self):
         """The decrypted mailbox password; call as superuser only."""
         self.ensure_one()
@@ -355,3 +470,10 @@ class ResUsers(models.Model):
                 )
             )
         return folder
+
+
+def _normalize_address(vals):
+    """Store mailbox addresses normalized, so that one address has one owner."""
+    address = vals.get("ally_smtp_email")
+    if address and email_normalize(address, strict=True) == address.strip().lower():
+        vals["ally_smtp_email"] = address.strip().lower()

@@ -1,124 +1,15 @@
 """Fixtures: the harness's real SMTP/IMAP servers, a company wired to them."""
 
 import contextlib
-import email
-import imaplib
-import json
-import os
-import socket
-import ssl
-import urllib.request
 import uuid
 from unittest.mock import patch
 
 from odoo import modules
 from odoo.tests import TransactionCase, new_test_user
 
+from .servers import Mailbox, SmtpServer, free_port, harness
 
-def harness():
-    path = os.environ.get("ALLY_SMTP_HARNESS")
-    if not path:
-        raise RuntimeError(
-            "ALLY_SMTP_HARNESS is not set: run the tests with `make test`, which "
-            "starts the SMTP and IMAP servers they talk to."
-        )
-    with open(path) as f:
-        return json.load(f)
-
-
-def free_port():
-    """A loopback port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SmtpServer:
-    """Client of the harness SMTP server's control API."""
-
-    def __init__(self, info):
-        self.url = info["smtp_control"]
-        self.host = info["smtp"]["host"]
-        self.ports = info["smtp"]["ports"]
-
-    def _call(self, path, payload=None):
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.url + path, data=data)
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return json.loads(reply.read())
-
-    def reset(self):
-        self._call("/reset", {})
-
-    def fail(self, stage, reply, times=None, login=None):
-        """Make the server answer ``reply`` (or "drop") at ``stage``."""
-        fault = {"stage": stage, "reply": reply, "times": times, "login": login}
-        self._call("/faults", [fault])
-
-    def autosave(self, on=True):
-        self._call("/config", {"autosave": on})
-
-    def state(self):
-        return self._call("/state")
-
-    def messages(self):
-        return self.state()["messages"]
-
-    def auth_attempts(self, login=None):
-        return [
-            event
-            for session in self.state()["sessions"]
-            for event in session["events"]
-            if event[0] == "auth" and (login is None or event[1] == login)
-        ]
-
-
-class Mailbox:
-    """Read a harness mailbox over IMAP, the way a mail client would."""
-
-    def __init__(self, info, login):
-        self.info, self.login = info, login
-        self.password = info["mailboxes"][login]
-
-    @contextlib.contextmanager
-    def connect(self):
-        context = ssl.create_default_context(cafile=self.info["ca_file"])
-        imap = imaplib.IMAP4_SSL(
-            self.info["imap"]["host"],
-            self.info["imap"]["port"],
-            ssl_context=context,
-            timeout=10,
-        )
-        with imap:
-            imap.login(self.login, self.password)
-            yield imap
-
-    def messages(self, folder):
-        """[(flags, email.message.Message)] of ``folder``."""
-        result = []
-        with self.connect() as imap:
-            imap.select(folder, readonly=True)
-            _typ, data = imap.uid("SEARCH", "ALL")
-            for uid in data[0].split():
-                _typ, parts = imap.uid("FETCH", uid, "(FLAGS RFC822)")
-                flags = imaplib.ParseFlags(parts[0][0])
-                result.append((flags, email.message_from_bytes(parts[0][1])))
-        return result
-
-    def find(self, folder, message_id):
-        return [
-            (flags, msg)
-            for flags, msg in self.messages(folder)
-            if (msg["Message-Id"] or "").strip() == message_id
-        ]
-
-    def purge(self):
-        with self.connect() as imap:
-            for folder in ("INBOX", "Sent"):
-                _typ, count = imap.select(folder)
-                if int(count[0]):
-                    imap.store("1:*", "+FLAGS", r"(\Deleted)")
-                    imap.expunge()
+__all__ = ["AllySmtpCase", "AllySmtpMixin", "Mailbox", "SmtpServer", "free_port"]
 
 
 class AllySmtpMixin:

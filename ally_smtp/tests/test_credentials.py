@@ -233,7 +233,7 @@ class TestCredentials(AllySmtpCase):
     def test_rotation_and_wrong_key(self):
         secret = self.harness["mailboxes"]["alice@agency.test"]
         old_token = self.alice.sudo().ally_smtp_password_crypt
-        current = crypto._key_file()  # no key configured: the generated file
+        current = crypto._key_file(self.env)  # no key configured: the generated file
         new = Fernet.generate_key().decode()
         with patch.dict(config.options, {"ally_smtp_key": f"{new},{current}"}):
             # the old key still decrypts; rotation re-encrypts with the new one
@@ -293,7 +293,7 @@ class TestCredentials(AllySmtpCase):
         exporter = new_test_user(
             self.env, login="exporter", groups="base.group_user,base.group_allow_export"
         )
-        exported = self.bob.with_user(exporter).export_data(
-            ["ally_smtp_email", "ally_smtp_password"]
-        )
-        self.assertEqual(exported["datas"], [["bob@agency.test", ""]])
+        with self.assertRaises(AccessError):
+            self.bob.with_user(exporter).export_data(["ally_smtp_email"])
+        exported = self.bob.with_user(exporter).export_data(["ally_smtp_password"])
+        self.assertEqual(exported["datas"], [[""]])

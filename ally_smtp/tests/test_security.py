@@ -1,0 +1,231 @@
+"""Only the owner's own mail ever signs in to the owner's mailbox."""
+
+import os
+import tempfile
+import threading
+from unittest.mock import patch
+
+from cryptography.fernet import Fernet
+
+from odoo import Command
+from odoo.exceptions import AccessError, UserError, ValidationError
+from odoo.tests import new_test_user, tagged
+from odoo.tools import config, mute_logger
+
+from ..lib import crypto
+from .common import AllySmtpCase
+
+
+@tagged("post_install", "-at_install")
+class TestSecurity(AllySmtpCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.student = cls.env["res.partner"].create(
+            {"name": "Student One", "email": "student1@school.test"}
+        )
+        cls.company_server = cls.agency_server()
+        cls.alice_server = cls.env["ir.mail_server"].search(
+            [("ally_smtp_owner_id", "=", cls.alice.id)]
+        )
+        cls.admin = new_test_user(
+            cls.env, login="settings-admin", groups="base.group_user,base.group_system"
+        )
+
+    def alice_logins(self):
+        return self.smtp.auth_attempts("alice@agency.test")
+
+    def run_queue(self):
+        with self.live():
+            self.env["mail.mail"].process_email_queue()
+
+    def test_forged_server_on_a_post_is_refused(self):
+        for values in ({}, {"author_id": self.alice.partner_id.id}):
+            with self.subTest(**values), self.assertRaises(ValidationError):
+                self.student.with_user(self.bob).message_post(
+                    body="Forged by Bob",
+                    partner_ids=self.student.ids,
+                    mail_server_id=self.alice_server.id,
+                    subtype_xmlid="mail.mt_comment",
+                    **values,
+                )
+
+    def test_forged_server_reaching_the_queue_takes_the_agency_path(self):
+        """Code that posts as superuser skips the check: routing still holds."""
+        with self.live(), mute_logger("odoo.addons.ally_smtp.models.mail_mail"):
+            self.student.with_user(self.bob).sudo().message_post(
+                body="Forged by Bob",
+                subject="Forged by Bob",
+                author_id=self.alice.partner_id.id,
+                partner_ids=self.student.ids,
+                mail_server_id=self.alice_server.id,
+                subtype_xmlid="mail.mt_comment",
+            )
+        (sent,) = self.smtp.messages()
+        self.assertEqual(sent["login"], "carol@agency.test")
+        self.assertEqual(self.alice_logins(), [])
+
+    def test_mail_on_someone_elses_message_does_not_use_their_mailbox(self):
+        message = self.student.with_user(self.alice).message_post(
+            body="Alice's own words", subtype_xmlid="mail.mt_note"
+        )
+        # bob's code makes a mail for alice's message, with his own text
+        self.env["mail.mail"].with_user(self.bob).sudo().create(
+            {
+                "mail_message_id": message.id,
+                "recipient_ids": [Command.link(self.student.id)],
+                "body_html": "<p>Forged by Bob</p>",
+            }
+        )
+        self.run_queue()
+        (sent,) = self.smtp.messages()
+        self.assertEqual(sent["login"], "carol@agency.test")
+        self.assertEqual(self.alice_logins(), [])
+
+    def test_own_mail_still_uses_the_mailbox(self):
+        with self.live():
+            self.student.with_user(self.alice).message_post(
+                body="Alice writes",
+                partner_ids=self.student.ids,
+                subtype_xmlid="mail.mt_comment",
+            )
+        (sent,) = self.smtp.messages()
+        self.assertEqual(sent["login"], "alice@agency.test")
+        self.assertEqual(sent["mail_from"], "alice@agency.test")
+
+    def test_connect_to_a_personal_server_is_refused_before_any_login(self):
+        for who in (self.bob, self.admin, self.alice):
+            with self.subTest(who=who.login), self.live():
+                Server = self.env["ir.mail_server"].with_user(who)
+                with (
+                    mute_logger("odoo.addons.ally_smtp.models.ir_mail_server"),
+                    self.assertRaises(AccessError),
+                ):
+                    Server.connect(mail_server_id=self.alice_server.id)
+        self.assertEqual(self.smtp.state()["sessions"], [])
+
+    def test_personal_servers_cannot_be_chosen(self):
+        editor = new_test_user(
+            self.env,
+            login="editor",
+            groups="base.group_user,mail.group_mail_template_editor",
+        )
+        model = self.env["ir.model"]._get("res.partner")
+        with self.assertRaises(ValidationError):
+            self.env["mail.template"].with_user(editor).create(
+                {
+                    "name": "forged",
+                    "model_id": model.id,
+                    "mail_server_id": self.alice_server.id,
+                }
+            )
+        with self.assertRaises(ValidationError):
+            self.env["mail.compose.message"].with_user(editor).create(
+                {
+                    "composition_mode": "mass_mail",
+                    "model": "res.partner",
+                    "res_ids": self.student.ids,
+                    "body": "forged",
+                    "mail_server_id": self.alice_server.id,
+                }
+            )
+        # and nobody but settings admins sees those servers at all
+        for who in (self.bob, editor):
+            with self.assertRaises(AccessError):
+                self.env["ir.mail_server"].with_user(who).search([])
+
+    def test_one_owner_per_mailbox(self):
+        for address in ("alice@agency.test", "ALICE@Agency.test "):
+            with self.subTest(address=address), self.assertRaises(ValidationError):
+                self.bob.with_user(self.bob).write({"ally_smtp_email": address})
+        self.assertEqual(self.bob.ally_smtp_email, "bob@agency.test")
+        # addresses are stored normalized
+        self.bob.with_user(self.bob).write({"ally_smtp_email": " Bob@Agency.Test"})
+        self.assertEqual(self.bob.ally_smtp_email, "bob@agency.test")
+
+    def test_colleagues_do_not_see_each_others_mailbox(self):
+        Users = self.env["res.users"]
+        self.bob.groups_id += self.env.ref("base.group_allow_export")
+        for field in ("ally_smtp_email", "ally_smtp_state", "ally_smtp_last_error"):
+            with self.subTest(field=field):
+                with self.assertRaises(AccessError):
+                    self.alice.with_user(self.bob).read([field])
+                with self.assertRaises(AccessError):
+                    Users.with_user(self.bob).search([(field, "!=", False)])
+                with self.assertRaises(AccessError):
+                    Users.with_user(self.bob).search([], order=field)
+                with self.assertRaises(AccessError):
+                    Users.with_user(self.bob).read_group([], [field], [field])
+                with self.assertRaises(AccessError):
+                    self.alice.with_user(self.bob).export_data([field])
+        (own,) = self.alice.with_user(self.alice).read(["ally_smtp_email"])
+        self.assertEqual(own["ally_smtp_email"], "alice@agency.test")
+        (seen,) = self.alice.with_user(self.admin).read(["ally_smtp_email"])
+        self.assertEqual(seen["ally_smtp_email"], "alice@agency.test")
+
+    def test_new_server_gets_no_password_until_its_owner_tests(self):
+        self.alice.with_user(self.alice).action_ally_smtp_test()
+        self.assertEqual(self.alice.ally_smtp_state, "ok")
+        self.smtp.reset()
+        self.company.write(self.company_values("starttls"))
+        self.assertEqual(self.alice.ally_smtp_state, "untested")
+        with self.live():
+            self.student.with_user(self.alice).message_post(
+                body="After the move",
+                partner_ids=self.student.ids,
+                subtype_xmlid="mail.mt_comment",
+            )
+        self.assertEqual(self.smtp.state()["sessions"], [])
+        mail = self.env["mail.mail"].search([("body_html", "ilike", "After the move")])
+        self.assertEqual(mail.state, "exception")
+        self.assertIn("Test SMTP configuration", mail.failure_reason)
+        # the owner tests the new server, then the mail goes out
+        self.alice.with_user(self.alice).action_ally_smtp_test()
+        mail.mark_outgoing()
+        self.run_queue()
+        (sent,) = self.smtp.messages()
+        self.assertEqual(
+            (sent["login"], sent["listener"]), (self.alice.ally_smtp_email, "starttls")
+        )
+
+    def test_a_new_password_is_given_for_the_current_server(self):
+        self.company.write(self.company_values("starttls"))
+        self.alice.with_user(self.alice).ally_smtp_password = self.harness["mailboxes"][
+            "alice@agency.test"
+        ]
+        self.assertFalse(self.alice._ally_smtp_blocked())
+
+    def test_no_new_key_while_passwords_are_stored(self):
+        with (
+            tempfile.TemporaryDirectory() as data_dir,
+            patch.dict(config.options, {"data_dir": data_dir, "ally_smtp_key": ""}),
+            patch.dict(os.environ, {"ALLY_SMTP_KEY": ""}),
+            mute_logger("odoo.addons.ally_smtp.lib.crypto"),
+        ):
+            with self.assertRaises(UserError) as caught:
+                self.alice.sudo()._ally_smtp_password()
+            self.assertIn("ally_smtp_key", str(caught.exception))
+            self.assertEqual(os.listdir(data_dir), [])
+        self.assertTrue(self.alice.sudo().ally_smtp_password_crypt)
+
+    def test_key_file_is_whole_for_every_reader(self):
+        with tempfile.TemporaryDirectory() as data_dir:
+            path = os.path.join(data_dir, crypto.KEY_FILE)
+            seen, start = [], threading.Barrier(8)
+
+            def race():
+                start.wait()
+                if not os.path.exists(path):
+                    crypto.create_key_file(path)
+                with open(path, "rb") as f:
+                    seen.append(f.read())
+
+            threads = [threading.Thread(target=race) for _i in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            self.assertEqual(len(set(seen)), 1)
+            Fernet(seen[0])  # a valid key, not an empty or partial file
+            self.assertEqual(os.listdir(data_dir), [crypto.KEY_FILE])
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)

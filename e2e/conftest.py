@@ -1,0 +1,162 @@
+"""A running Odoo (prefork, started by ``python3 -m harness test``), an agency
+integrated with the harness's mail servers, and its people, over XML-RPC."""
+
+import email
+import email.header
+import importlib.util
+import os
+import time
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "ally_smtp_servers",
+    Path(__file__).resolve().parent.parent / "ally_smtp" / "tests" / "servers.py",
+)
+servers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(servers)
+
+PEOPLE = {  # login: (mailbox, groups)
+    "ana": ("alice@agency.test", ["base.group_user", "base.group_partner_manager"]),
+    "bob": ("bob@agency.test", ["base.group_user", "base.group_partner_manager"]),
+    "paula": (None, ["base.group_portal"]),
+    "sam": (None, ["base.group_user", "base.group_system"]),
+}
+
+
+class Rpc:
+    """``rpc(model, method, *args, **kwargs)`` as one user, over XML-RPC."""
+
+    def __init__(self, url, db, login, password):
+        self.db, self.login, self.password = db, login, password
+        common = xmlrpc.client.ServerProxy(url + "/xmlrpc/2/common")
+        self.uid = common.authenticate(db, login, password, {})
+        self.object = xmlrpc.client.ServerProxy(
+            url + "/xmlrpc/2/object", allow_none=True
+        )
+
+    def __call__(self, model, method, *args, **kwargs):
+        return self.object.execute_kw(
+            self.db, self.uid, self.password, model, method, list(args), kwargs
+        )
+
+
+class World:
+    def __init__(self):
+        self.url = os.environ["ALLY_SMTP_E2E_URL"]
+        self.db = os.environ["ALLY_SMTP_E2E_DB"]
+        self.info = servers.harness()
+        self.smtp = servers.SmtpServer(self.info)
+        self.admin = Rpc(self.url, self.db, "admin", "admin")
+
+    def xmlid(self, xmlid):
+        module, name = xmlid.split(".")
+        return self.admin("ir.model.data", "check_object_reference", module, name)[1]
+
+    def setup(self):
+        info, admin = self.info, self.admin
+        (self.company,) = admin("res.users", "read", [admin.uid], ["company_id"])
+        self.company = self.company["company_id"][0]
+        admin(
+            "res.company",
+            "write",
+            [self.company],
+            {
+                "ally_smtp_enabled": True,
+                "ally_smtp_provider": "custom",
+                "ally_smtp_host": info["smtp"]["host"],
+                "ally_smtp_port": info["smtp"]["ports"]["ssl"],
+                "ally_smtp_encryption": "ssl",
+                "ally_smtp_imap_host": info["imap"]["host"],
+                "ally_smtp_imap_port": info["imap"]["port"],
+                "ally_smtp_sent_copy": "auto",
+            },
+        )
+        admin("ir.config_parameter", "set_param", "ally_smtp.timeout", "5")
+        admin(
+            "ir.mail_server",
+            "create",
+            {
+                "name": "agency",
+                "smtp_host": info["smtp"]["host"],
+                "smtp_port": info["smtp"]["ports"]["ssl"],
+                "smtp_encryption": "ssl",
+                "smtp_authentication": "login",
+                "smtp_user": "carol@agency.test",
+                "smtp_pass": info["mailboxes"]["carol@agency.test"],
+            },
+        )
+        self.users, self.rpc = {}, {}
+        for login, (mailbox, groups) in PEOPLE.items():
+            self.users[login] = admin(
+                "res.users",
+                "create",
+                {
+                    "name": login.title(),
+                    "login": login,
+                    "password": f"{login}-odoo",
+                    "email": mailbox or f"{login}@example.test",
+                    "groups_id": [(6, 0, [self.xmlid(g) for g in groups])],
+                },
+            )
+            self.rpc[login] = Rpc(self.url, self.db, login, f"{login}-odoo")
+            if mailbox:
+                self.rpc[login](
+                    "res.users",
+                    "write",
+                    [self.users[login]],
+                    {
+                        "ally_smtp_use_own": True,
+                        "ally_smtp_email": mailbox,
+                        "ally_smtp_password": info["mailboxes"][mailbox],
+                    },
+                )
+        self.partner = {
+            login: admin("res.users", "read", [uid], ["partner_id"])[0]["partner_id"][0]
+            for login, uid in self.users.items()
+        }
+        self.student = admin(
+            "res.partner",
+            "create",
+            {"name": "Maria Estudante", "email": "student1@school.test"},
+        )
+        (self.ana_server,) = admin(
+            "ir.mail_server", "search", [("ally_smtp_owner_id", "=", self.users["ana"])]
+        )
+        self.smtp.reset()
+        return self
+
+    def post(self, login, subject, **kwargs):
+        """``login`` writes to the student from the chatter."""
+        return self.rpc[login](
+            "res.partner",
+            "message_post",
+            [self.student],
+            body=subject,
+            subject=subject,
+            partner_ids=[self.student],
+            subtype_xmlid="mail.mt_comment",
+            **kwargs,
+        )
+
+    def delivered(self, subject, timeout=60):
+        """The SMTP server's record of the message ``subject``, once it came."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.smtp.messages() if subject_of(m) == subject]
+            if found:
+                return found
+            time.sleep(0.5)
+        raise AssertionError(f"{subject!r} never reached the SMTP server")
+
+
+def subject_of(message):
+    raw = email.message_from_string(message["data"])
+    return str(email.header.make_header(email.header.decode_header(raw["Subject"])))
+
+
+@pytest.fixture(scope="session")
+def world():
+    return World().setup()

@@ -1,0 +1,194 @@
+"""A colleague, a portal user, an anonymous caller and a settings admin try
+every route to Ana's mailbox over XML-RPC; only Ana's own mail signs in as
+her, counted on the SMTP server."""
+
+import time
+import xmlrpc.client
+
+import pytest
+from conftest import Rpc, subject_of
+
+ANA = "alice@agency.test"
+
+
+def ana_sessions(world):
+    """Subjects sent by every SMTP session that signed in as Ana."""
+    state = world.smtp.state()
+    ids = {
+        session["id"]
+        for session in state["sessions"]
+        for event in session["events"]
+        if event[0] == "auth" and event[1] == ANA
+    }
+    return [subject_of(m) for m in state["messages"] if m["session"] in ids], ids
+
+
+def assert_only_anas_own_mail(world):
+    time.sleep(1)  # a post that got through is sent right after its commit
+    subjects, sessions = ana_sessions(world)
+    assert all(s.startswith("ana-own") for s in subjects), subjects
+    # every session that signed in as Ana sent Ana's own mail (no bare logins)
+    assert len(sessions) <= len({s for s in subjects}), (sessions, subjects)
+
+
+def refused(call):
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        call()
+    return caught.value.faultString
+
+
+def test_owner_mail_leaves_from_her_mailbox(world):
+    world.post("ana", "ana-own 1")
+    sent = world.delivered("ana-own 1")
+    assert {(m["login"], m["mail_from"]) for m in sent} == {(ANA, ANA)}
+    assert "student1@school.test" in {r for m in sent for r in m["rcpt_tos"]}
+    assert_only_anas_own_mail(world)
+
+
+ROUTES = {
+    "post naming her server": lambda w, who: w.post(
+        who, "forged 1", mail_server_id=w.ana_server
+    ),
+    "post as her, naming her server": lambda w, who: w.post(
+        who, "forged 2", mail_server_id=w.ana_server, author_id=w.partner["ana"]
+    ),
+    "mass mail composer naming her server": lambda w, who: w.rpc[who](
+        "mail.compose.message",
+        "create",
+        {
+            "composition_mode": "mass_mail",
+            "model": "res.partner",
+            "res_ids": [w.student],
+            "subject": "forged 3",
+            "body": "forged 3",
+            "mail_server_id": w.ana_server,
+        },
+    ),
+    "template naming her server": lambda w, who: w.rpc[who](
+        "mail.template",
+        "create",
+        {
+            "name": "forged 4",
+            "model_id": w.admin("ir.model", "search", [("model", "=", "res.partner")])[
+                0
+            ],
+            "mail_server_id": w.ana_server,
+        },
+    ),
+    "mail.mail created directly": lambda w, who: w.rpc[who](
+        "mail.mail",
+        "create",
+        {"subject": "forged 5", "email_to": "student1@school.test"},
+    ),
+    "connect() to her server": lambda w, who: w.rpc[who](
+        "ir.mail_server", "connect", mail_server_id=w.ana_server
+    ),
+    "test_smtp_connection on her server": lambda w, who: w.rpc[who](
+        "ir.mail_server", "test_smtp_connection", [w.ana_server]
+    ),
+    "read her server": lambda w, who: w.rpc[who](
+        "ir.mail_server", "read", [w.ana_server], ["smtp_user"]
+    ),
+    "read her mailbox fields": lambda w, who: w.rpc[who](
+        "res.users",
+        "read",
+        [w.users["ana"]],
+        ["ally_smtp_email", "ally_smtp_state", "ally_smtp_last_error"],
+    ),
+    "read her Sent folder": lambda w, who: w.rpc[who](
+        "res.users", "read", [w.users["ana"]], ["ally_smtp_sent_folder"]
+    ),
+    "read the password ciphertext": lambda w, who: w.rpc[who](
+        "res.users", "read", [w.users["ana"]], ["ally_smtp_password_crypt"]
+    ),
+    "search by her address": lambda w, who: w.rpc[who](
+        "res.users", "search", [("ally_smtp_email", "=", ANA)]
+    ),
+    "search by the ciphertext": lambda w, who: w.rpc[who](
+        "res.users", "search", [("ally_smtp_password_crypt", "!=", False)]
+    ),
+    "order by her address": lambda w, who: w.rpc[who](
+        "res.users", "search", [], order="ally_smtp_email"
+    ),
+    "group by state": lambda w, who: w.rpc[who](
+        "res.users",
+        "read_group",
+        [],
+        ["ally_smtp_state"],
+        ["ally_smtp_state"],
+    ),
+    "export her address": lambda w, who: w.rpc[who](
+        "res.users", "export_data", [w.users["ana"]], ["ally_smtp_email"]
+    ),
+    "write her address": lambda w, who: w.rpc[who](
+        "res.users", "write", [w.users["ana"]], {"ally_smtp_email": "x@agency.test"}
+    ),
+    "write her password": lambda w, who: w.rpc[who](
+        "res.users", "write", [w.users["ana"]], {"ally_smtp_password": "stolen"}
+    ),
+    "press Test for her": lambda w, who: w.rpc[who](
+        "res.users", "action_ally_smtp_test", [w.users["ana"]]
+    ),
+    "clear her password": lambda w, who: w.rpc[who](
+        "res.users", "action_ally_smtp_clear_password", [w.users["ana"]]
+    ),
+    "claim her address": lambda w, who: w.rpc[who](
+        "res.users", "write", [w.users[who]], {"ally_smtp_email": ANA.upper()}
+    ),
+}
+# a settings admin is trusted with settings, not with Ana's mailbox
+ADMIN_MAY = {
+    "mail.mail created directly",
+    "read her server",
+    "read her mailbox fields",
+    "read her Sent folder",
+    "search by her address",
+    "order by her address",
+    "group by state",
+    "export her address",
+}
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@pytest.mark.parametrize("who", ["bob", "paula", "sam"])
+def test_route_is_refused(world, who, route):
+    if who == "sam" and route in ADMIN_MAY:
+        ROUTES[route](world, who)
+    else:
+        refused(lambda: ROUTES[route](world, who))
+    assert_only_anas_own_mail(world)
+
+
+def test_anonymous_caller_gets_nothing(world):
+    for login, password in (("ana", "wrong"), ("", ""), ("public", "")):
+        assert not Rpc(world.url, world.db, login, password).uid
+    stranger = Rpc(world.url, world.db, "ana", "wrong")
+    stranger.uid = world.users["ana"]  # a guessed id without a password
+    refused(lambda: stranger("res.users", "read", [world.users["ana"]], ["name"]))
+    assert_only_anas_own_mail(world)
+
+
+def test_posting_as_her_goes_through_the_agency(world):
+    """Odoo lets a colleague set any author; Ana's mailbox is never used."""
+    world.post("bob", "as-ana by bob", author_id=world.partner["ana"])
+    sent = world.delivered("as-ana by bob")
+    assert {m["login"] for m in sent} == {"carol@agency.test"}
+    assert_only_anas_own_mail(world)
+
+
+def test_sent_copies_are_the_owners_only(world):
+    world.post("ana", "ana-own 2")
+    world.delivered("ana-own 2")
+    copies = world.admin(
+        "ally.smtp.sent.copy", "search_read", [("subject", "=", "ana-own 2")], ["id"]
+    )
+    assert copies
+    seen = world.rpc["bob"]("ally.smtp.sent.copy", "search_read", [], ["subject"])
+    assert not [c for c in seen if c["subject"].startswith("ana-own")]
+    refused(lambda: world.rpc["paula"]("ally.smtp.sent.copy", "search_read", []))
+    assert_only_anas_own_mail(world)
+
+
+def test_fields_get_hides_the_ciphertext(world):
+    fields = world.rpc["bob"]("res.users", "fields_get", [], ["string"])
+    assert "ally_smtp_password_crypt" not in fields

@@ -1,0 +1,67 @@
+"""Odoo as agencies run it — ``--workers=2 --max-cron-threads=2`` — driven over
+XML-RPC by the suite in ``e2e/`` (adversarial and production-like scenarios)."""
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+from .odoo import install, odoo_popen, problem_records, step
+from .services import ROOT, free_port, wait_port
+
+E2E_DB = "ally_smtp_e2e"
+# what the suite provokes on purpose: refusals are logged, never errors
+EXPECTED = re.compile(r"ally_smtp: (refused a session|mail \d+ named the personal)")
+
+
+def run_e2e(odoo_path, services, config, extra=()):
+    """Start the prefork server, run ``e2e/`` against it, stop it."""
+    step("prefork Odoo (--workers=2 --max-cron-threads=2) driven over XML-RPC")
+    install(odoo_path, config, E2E_DB, "--without-demo=all")
+    port = free_port()
+    log = services.dir / "prefork.log"
+    server = odoo_popen(
+        odoo_path,
+        config,
+        "-d",
+        E2E_DB,
+        f"--db-filter=^{E2E_DB}$",
+        "--workers=2",
+        "--max-cron-threads=2",
+        f"--http-port={port}",
+        f"--gevent-port={free_port()}",
+        f"--logfile={log}",
+    )
+    try:
+        wait_port(port, timeout=60)
+        url = f"http://127.0.0.1:{port}"
+        urllib.request.urlopen(url + "/web/login", timeout=60).close()
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(odoo_path),
+            ALLY_SMTP_HARNESS=str(services.info_file),
+            ALLY_SMTP_E2E_URL=url,
+            ALLY_SMTP_E2E_DB=E2E_DB,
+        )
+        junit = services.dir / "e2e.xml"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:odoo",
+        ]
+        cmd += ["-rs", f"--junitxml={junit}", *(extra or ["e2e"])]
+        code = subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
+    finally:
+        server.terminate()
+        server.wait(60)
+    text = log.read_text() if log.exists() else ""
+    problems = [r for r in problem_records(text) if not EXPECTED.search(r)]
+    if problems:
+        print("\n".join(problems[:40]), file=sys.stderr)
+        print(f"harness: the prefork server logged {len(problems)} problem(s)")
+    return code == 0 and not problems, junit
