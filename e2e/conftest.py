@@ -7,6 +7,7 @@ import importlib.util
 import os
 import time
 import xmlrpc.client
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -129,14 +130,14 @@ class World:
         return self
 
     def post(self, login, subject, **kwargs):
-        """``login`` writes to the student from the chatter."""
+        """``login`` writes to the student (or ``partner_ids``) from the chatter."""
+        kwargs.setdefault("partner_ids", [self.student])
         return self.rpc[login](
             "res.partner",
             "message_post",
             [self.student],
             body=subject,
             subject=subject,
-            partner_ids=[self.student],
             subtype_xmlid="mail.mt_comment",
             **kwargs,
         )
@@ -150,6 +151,48 @@ class World:
                 return found
             time.sleep(0.5)
         raise AssertionError(f"{subject!r} never reached the SMTP server")
+
+    def wake(self, cron_xmlid):
+        """Have the cron workers run ``cron_xmlid`` now, as they would."""
+        cron = self.xmlid(cron_xmlid)
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        self.admin("ir.cron", "write", [cron], {"nextcall": now})
+
+    def students(self, count, tag):
+        return self.admin(
+            "res.partner",
+            "create",
+            [
+                {"name": f"Student {tag} {i}", "email": f"{tag}.{i}@school.test"}
+                for i in range(count)
+            ],
+        )
+
+    def message_id(self, message):
+        return self.admin("mail.message", "read", [message], ["message_id"])[0][
+            "message_id"
+        ]
+
+    def wait(self, condition, what, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = condition()
+            if result:
+                return result
+            time.sleep(1)
+        raise AssertionError(f"still waiting after {timeout}s: {what}")
+
+    def queue_empty(self):
+        return not self.admin("mail.mail", "search_count", [("state", "=", "outgoing")])
+
+    def deliveries(self, message_id):
+        """Every RCPT TO the SMTP server accepted for ``message_id``."""
+        return [
+            rcpt
+            for m in self.smtp.messages()
+            if m["message_id"] == message_id
+            for rcpt in m["rcpt_tos"]
+        ]
 
 
 def subject_of(message):

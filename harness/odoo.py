@@ -179,8 +179,8 @@ def problem_records(log_text):
     return [r for r in records if LOG_PROBLEM.match(r + " ")]
 
 
-def odoo_popen(odoo_path, config, *args):
+def odoo_popen(odoo_path, config, *args, env=None):
     """Odoo running in the background (the demo server)."""
-    env = dict(os.environ, PYTHONPATH=str(odoo_path))
+    env = dict(os.environ, **(env or {}), PYTHONPATH=str(odoo_path))
     command = [sys.executable, str(odoo_path / "odoo-bin"), "-c", str(config), *args]
     return subprocess.Popen(command, env=env)
