@@ -81,10 +81,12 @@ class ResUsers(models.Model):
     )
     ally_smtp_available = fields.Boolean(compute="_compute_ally_smtp_available")
     # the agency server the password was given or tested for (see res.company)
-    ally_smtp_server_key = fields.Char(copy=False, groups="base.group_system")
+    ally_smtp_server_key = fields.Char(
+        "Server the password is for", copy=False, groups="base.group_system"
+    )
 
     def init(self):
-        super().init()
+        result = super().init()
         # one owner per mailbox and company, also under concurrent writes
         tools.create_unique_index(
             self.env.cr,
@@ -92,6 +94,7 @@ class ResUsers(models.Model):
             self._table,
             ["company_id", "lower(ally_smtp_email)"],
         )
+        return result
 
     @property
     def SELF_READABLE_FIELDS(self):
