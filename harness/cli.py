@@ -21,6 +21,7 @@ from .odoo import (
     write_config,
 )
 from .services import ROOT, Services, free_port
+from .wheel import check_wheel
 
 TEST_DB = "ally_smtp_test"
 TOURS = f"{ADDON}/tests/test_tours.py"
@@ -215,6 +216,8 @@ def cmd_test(args):
         if not args.pytest_args:
             step("browser tours (Odoo's runner, headless Chromium)")
             ok = tours(odoo_path, services, config, args.screenshots) and ok
+        if not partial:
+            ok = _passes("the wheel", check_wheel, odoo_path, services) and ok
     if not partial:
         step("make demo, as a newcomer would run it (started, answers, stopped)")
         demo = argparse.Namespace(port=free_port(), check=True)

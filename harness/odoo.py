@@ -35,6 +35,7 @@ VENV_IMPORTS = [
     "ruff",
     "pylint_odoo",
     "websocket",
+    "whool",
 ]
 
 
@@ -131,12 +132,13 @@ def odoo_requirements(odoo_path):
     return lines
 
 
-def write_config(services, odoo_path, path, extra=None):
+def write_config(services, odoo_path, path, extra=None, addons=(ROOT,)):
+    """An Odoo configuration for the harness's servers; ``addons`` are the
+    directories of the addons path after Odoo's own."""
     db = services.info["db"]
+    addons_path = [odoo_path / "odoo" / "addons", odoo_path / "addons", *addons]
     options = {
-        "addons_path": ",".join(
-            [str(odoo_path / "odoo" / "addons"), str(odoo_path / "addons"), str(ROOT)]
-        ),
+        "addons_path": ",".join(map(str, addons_path)),
         "data_dir": str(services.dir / "odoo-data"),
         "db_host": db["host"],
         "db_port": db["port"],
@@ -151,11 +153,13 @@ def write_config(services, odoo_path, path, extra=None):
     return path
 
 
-def odoo_bin(odoo_path, config, *args, env=None, subcommand=(), **kwargs):
+def odoo_bin(
+    odoo_path, config, *args, env=None, subcommand=(), python=sys.executable, **kwargs
+):
     env = dict(os.environ, **(env or {}), PYTHONPATH=str(odoo_path))
     return subprocess.run(
         [
-            sys.executable,
+            python,
             str(odoo_path / "odoo-bin"),
             *subcommand,
             "-c",
@@ -172,7 +176,7 @@ def step(title):
     print(f"\n=== {title}", flush=True)
 
 
-def install(odoo_path, config, db, *extra):
+def install(odoo_path, config, db, *extra, python=sys.executable):
     """Install the addon in a new database; any WARNING/ERROR logged fails."""
     log = config.parent / f"install-{db}.log"
     result = odoo_bin(
@@ -186,6 +190,7 @@ def install(odoo_path, config, db, *extra):
         "--no-http",
         f"--logfile={log}",
         *extra,
+        python=python,
     )
     text = log.read_text() if log.exists() else ""
     problems = problem_records(text)
