@@ -1,5 +1,7 @@
 # Commands of README.md. They need Odoo 18.0 Community: an importable `odoo`,
-# else $ODOO_PATH, else /opt/odoo.
+# else $ODOO_PATH, else /opt/odoo. $(PYTHON) only starts them: they run from the
+# project's virtual environment, .venv/ (or $ALLY_SMTP_VENV), which the first
+# run builds and later runs reuse (harness/venv.py).
 PYTHON ?= python3
 
 .PHONY: demo test mailbox i18n screenshots bench

@@ -23,5 +23,6 @@
     "assets": {
         "web.assets_tests": ["ally_smtp/static/tests/tours/*.js"],
     },
+    "uninstall_hook": "uninstall_hook",
     "installable": True,
 }

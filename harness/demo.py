@@ -11,15 +11,7 @@ import time
 import urllib.request
 import xmlrpc.client
 
-from .odoo import (
-    ensure_dependencies,
-    find_odoo,
-    install,
-    odoo_bin,
-    odoo_popen,
-    step,
-    write_config,
-)
+from .odoo import find_odoo, install, odoo_bin, odoo_popen, step, write_config
 from .services import ROOT, Services, wait_port
 
 DEMO_DB = "ally_smtp_demo"
@@ -35,7 +27,6 @@ def _post(url, payload):
 
 def cmd_demo(args):
     odoo_path = find_odoo()
-    ensure_dependencies(odoo_path)
     with Services() as services:
         # bob's provider files sent mail in Sent itself, like Gmail
         _post(

@@ -1,5 +1,10 @@
-"""Find Odoo, make sure what it and the tests need is installed, run it."""
+"""Find Odoo, make sure what it and the tests need is installed, run it.
 
+Standard library only, like venv.py: the machine's python3 uses it to find
+Odoo and build the project's environment.
+"""
+
+import ast
 import importlib.util
 import os
 import re
@@ -8,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .services import IS_ROOT, ROOT
+from . import IS_ROOT, ROOT, venv
 
 ADDON = "ally_smtp"
 LOG_PROBLEM = re.compile(r"^\S+ \S+ \d+ (WARNING|ERROR|CRITICAL) ", re.MULTILINE)
@@ -18,8 +23,20 @@ DEBIAN_PACKAGES = {
     "dovecot": "dovecot-imapd",
     "/usr/lib/postgresql": "postgresql",
     "chromium": "chromium",
+    "msgmerge": "gettext",
 }
-PYTHON_MODULES = ["aiosmtpd", "pytest_odoo", "ruff", "pylint_odoo", "websocket"]
+# What the environment must import: Odoo, the addon's dependency, the tools.
+VENV_IMPORTS = [
+    "odoo.cli",
+    "odoo.addons.base",
+    "cryptography",
+    "aiosmtpd",
+    "pytest_odoo",
+    "ruff",
+    "pylint_odoo",
+    "websocket",
+    "whool",
+]
 
 
 class OdooNotFound(SystemExit):
@@ -55,48 +72,53 @@ def _missing_debian():
         found = os.path.exists(probe) if probe.startswith("/") else shutil.which(probe)
         if not found:
             missing.append(package)
+    if importlib.util.find_spec("ensurepip") is None:  # Debian's python3 -m venv
+        missing.append("python3-venv")
     return missing
 
 
-def ensure_dependencies(odoo_path):
-    """Install what the harness needs and is not there yet."""
+def ensure_debian():
+    """Install the Debian packages the harness needs and are not there yet."""
     missing = _missing_debian()
-    if missing:
-        if not IS_ROOT:
-            raise SystemExit(
-                "ally_smtp: missing Debian packages, install them as root: "
-                + " ".join(missing)
-            )
-        print("harness: installing", *missing, flush=True)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
+    if not missing:
+        return
+    if not IS_ROOT:
+        raise SystemExit(
+            "ally_smtp: Debian packages are missing. As root, run:\n"
+            "  apt-get update && apt-get install -y --no-install-recommends "
+            + " ".join(missing)
         )
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    if any(importlib.util.find_spec(m) is None for m in PYTHON_MODULES):
-        subprocess.run([*pip, "-r", str(ROOT / "requirements-test.txt")], check=True)
-    probe = subprocess.run(
-        [sys.executable, "-c", "import odoo.cli, odoo.addons.base"],
-        cwd=odoo_path,
-        capture_output=True,
-        check=False,
+    print("harness: installing", *missing, flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
     )
-    if probe.returncode:
-        print("harness: installing Odoo's Python requirements", flush=True)
-        subprocess.run(
-            [*pip, "-r", "/dev/stdin"],
-            input=odoo_requirements(odoo_path),
-            text=True,
-            check=True,
-        )
+
+
+def odoo_venv(odoo_path):
+    """The python of the project's environment (harness/venv.py): Odoo's
+    requirements as Odoo pins them for this Python, the addon's dependencies
+    and the test tools of requirements-test.txt."""
+    requirements = [
+        *odoo_requirements(odoo_path),
+        *addon_requirements(),
+        *(ROOT / "requirements-test.txt").read_text().splitlines(),
+    ]
+    return venv.ensure("odoo", requirements, VENV_IMPORTS, pythonpath=odoo_path)
+
+
+def addon_requirements():
+    """The manifest's Python dependencies (their import and PyPI names agree)."""
+    manifest = ast.literal_eval((ROOT / ADDON / "__manifest__.py").read_text())
+    return manifest["external_dependencies"]["python"]
 
 
 def odoo_requirements(odoo_path):
-    """Odoo's requirements.txt, adjusted for installing from PyPI wheels."""
+    """Odoo's requirements.txt lines, adjusted for installing from PyPI wheels."""
     lines = []
     for line in (odoo_path / "requirements.txt").read_text().splitlines():
         name = line.split("=")[0].split(";")[0].strip().lower()
@@ -107,15 +129,20 @@ def odoo_requirements(odoo_path):
         if name == "cbor2" and "< '3.12'" in line:  # 5.4.2 does not build here
             line = "cbor2==5.6.5 ; python_version < '3.12'"
         lines.append(line)
-    return "\n".join(lines) + "\n"
+    # gevent (Odoo's long-polling worker in --workers mode) looks its plugins up
+    # through the venv's pkg_resources, which cannot find zope.* 6+/8+ (their
+    # dist-info names changed): the worker would die at start
+    lines += ["zope.event==5.0", "zope.interface==7.2"]
+    return lines
 
 
-def write_config(services, odoo_path, path, extra=None):
+def write_config(services, odoo_path, path, extra=None, addons=(ROOT,)):
+    """An Odoo configuration for the harness's servers; ``addons`` are the
+    directories of the addons path after Odoo's own."""
     db = services.info["db"]
+    addons_path = [odoo_path / "odoo" / "addons", odoo_path / "addons", *addons]
     options = {
-        "addons_path": ",".join(
-            [str(odoo_path / "odoo" / "addons"), str(odoo_path / "addons"), str(ROOT)]
-        ),
+        "addons_path": ",".join(map(str, addons_path)),
         "data_dir": str(services.dir / "odoo-data"),
         "db_host": db["host"],
         "db_port": db["port"],
@@ -130,11 +157,13 @@ def write_config(services, odoo_path, path, extra=None):
     return path
 
 
-def odoo_bin(odoo_path, config, *args, env=None, subcommand=(), **kwargs):
+def odoo_bin(
+    odoo_path, config, *args, env=None, subcommand=(), python=sys.executable, **kwargs
+):
     env = dict(os.environ, **(env or {}), PYTHONPATH=str(odoo_path))
     return subprocess.run(
         [
-            sys.executable,
+            python,
             str(odoo_path / "odoo-bin"),
             *subcommand,
             "-c",
@@ -151,7 +180,7 @@ def step(title):
     print(f"\n=== {title}", flush=True)
 
 
-def install(odoo_path, config, db, *extra):
+def install(odoo_path, config, db, *extra, python=sys.executable):
     """Install the addon in a new database; any WARNING/ERROR logged fails."""
     log = config.parent / f"install-{db}.log"
     result = odoo_bin(
@@ -165,6 +194,7 @@ def install(odoo_path, config, db, *extra):
         "--no-http",
         f"--logfile={log}",
         *extra,
+        python=python,
     )
     text = log.read_text() if log.exists() else ""
     problems = problem_records(text)

@@ -12,10 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import tls
-
-ROOT = Path(__file__).resolve().parent.parent
-IS_ROOT = os.geteuid() == 0
+from . import IS_ROOT, ROOT, tls
 
 # Mailboxes of the local provider. Passwords are drawn for every run.
 MAILBOXES = [

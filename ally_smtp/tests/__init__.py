@@ -4,4 +4,5 @@ from . import test_credentials
 from . import test_sending
 from . import test_security
 from . import test_i18n
+from . import test_uninstall
 from . import test_tours
