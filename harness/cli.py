@@ -20,6 +20,7 @@ from .odoo import (
     step,
     write_config,
 )
+from .prefork import run_e2e
 from .services import ROOT, Services, free_port
 from .wheel import check_wheel
 
