@@ -109,7 +109,7 @@ class ResUsers(models.Model):
         """Colleagues neither read nor search anyone's mailbox data."""
         may_see = (
             self.env.su
-            or (self and all(user == self.env.user for user in self))
+            or (self and all(user._origin == self.env.user for user in self))
             or self.env.user._is_system()
         )
         if field_names and PRIVATE_FIELDS.intersection(field_names) and not may_see:
