@@ -8,17 +8,19 @@ import ssl
 from odoo.tools import config
 
 TIMEOUT = 20
+# Sent folder names when the server flags none \Sent (RFC 6154), in order;
+# each is also tried under the personal namespace (cPanel's "INBOX.").
 SENT_FALLBACKS = [
     "Sent",
-    "INBOX.Sent",
     "Sent Items",
     "Sent Messages",
     "[Gmail]/Sent Mail",
     "Enviados",
-    "INBOX.Enviados",
     "Itens Enviados",
 ]
 _LIST_RE = re.compile(r'\((?P<flags>[^)]*)\) (?P<sep>"[^"]*"|NIL) (?P<name>.+)')
+# the first personal namespace of a NAMESPACE reply: (("INBOX." ".")) NIL NIL
+_NAMESPACE_RE = re.compile(r'^\(\("(?P<prefix>(?:[^"\\]|\\.)*)" (?P<sep>"[^"]*"|NIL)')
 
 
 def tls_context(verify=True):
@@ -84,26 +86,70 @@ def _unquote(name):
     return name
 
 
-def find_sent(imap):
-    """The Sent folder: RFC 6154 ``\\Sent`` first, then the usual names."""
-    _typ, data = imap.list()
-    names = []
+def _parse_list(data):
+    """``[(flags, separator, name)]`` of a LIST reply."""
+    result = []
     for item in data or []:
         if isinstance(item, tuple):  # name sent as a literal
-            match = _LIST_RE.match(item[0].decode(errors="replace").rsplit("{", 1)[0])
-            line_name = item[1].decode(errors="replace")
+            line = item[0].decode(errors="replace").rsplit("{", 1)[0]
+            match = _LIST_RE.match(line)
+            name = item[1].decode(errors="replace")
         else:
             match = _LIST_RE.match(item.decode(errors="replace"))
-            line_name = match and _unquote(match.group("name"))
+            name = match and _unquote(match.group("name"))
         if not match:
             continue
-        if "\\sent" in match.group("flags").lower().split():
-            return line_name
-        names.append(line_name)
-    lowered = {n.lower(): n for n in names}
+        sep = match.group("sep")
+        sep = "" if sep == "NIL" else _unquote(sep)
+        result.append((match.group("flags").lower().split(), sep, name))
+    return result
+
+
+def personal_prefix(imap, listed=()):
+    """The personal namespace's prefix, e.g. ``"INBOX."`` on cPanel hosting.
+
+    From ``NAMESPACE`` (RFC 2342) when the server answers it (servers often
+    announce it only after login), else guessed from the LIST reply: every
+    folder but INBOX under ``INBOX<separator>``.
+    """
+    try:
+        typ, data = imap.namespace()
+    except imaplib.IMAP4.error:  # BAD: no NAMESPACE on this server
+        typ, data = "BAD", None
+    match = (
+        typ == "OK"
+        and data
+        and isinstance(data[0], bytes)
+        and _NAMESPACE_RE.match(data[0].decode(errors="replace"))
+    )
+    if match:
+        return _unquote('"' + match.group("prefix") + '"')
+    seps = {sep for _flags, sep, _name in listed if sep}
+    if len(seps) == 1:
+        prefix = "INBOX" + seps.pop()
+        others = [n for _f, _s, n in listed if n.upper() != "INBOX"]
+        if others and all(n.upper().startswith(prefix.upper()) for n in others):
+            return prefix
+    return ""
+
+
+def find_sent(imap):
+    """The Sent folder: RFC 6154 ``\\Sent`` first, then the usual names.
+
+    Each usual name is looked for as it is and under the personal namespace,
+    so that cPanel's ``INBOX.Sent Items`` is found as well as ``Sent Items``.
+    """
+    _typ, data = imap.list()
+    listed = _parse_list(data)
+    for flags, _sep, name in listed:
+        if "\\sent" in flags:
+            return name
+    prefix = personal_prefix(imap, listed)
+    lowered = {name.lower(): name for _flags, _sep, name in listed}
     for fallback in SENT_FALLBACKS:
-        if fallback.lower() in lowered:
-            return lowered[fallback.lower()]
+        for candidate in (fallback, prefix + fallback):
+            if candidate.lower() in lowered:
+                return lowered[candidate.lower()]
     return None
 
 

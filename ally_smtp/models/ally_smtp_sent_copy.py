@@ -145,6 +145,7 @@ class AllySmtpSentCopy(models.Model):
                 host,
                 port,
                 user.ally_smtp_email,
+                protocol="imap",
             )
             _logger.info("ally_smtp: Sent copy for user %s delayed: %s", user.id, exc)
             if kind == errors.AUTH:

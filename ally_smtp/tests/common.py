@@ -14,6 +14,8 @@ from unittest.mock import patch
 from odoo import modules
 from odoo.tests import TransactionCase, new_test_user
 
+from ..lib import mailbox
+
 
 def harness():
     path = os.environ.get("ALLY_SMTP_HARNESS")
@@ -31,6 +33,23 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def company_values(info, encryption="ssl", **values):
+    """A company integrated with the harness provider ``info``."""
+    port = info["smtp"]["ports"]["ssl" if encryption == "ssl" else "starttls"]
+    return {
+        "ally_smtp_enabled": True,
+        "ally_smtp_provider": "custom",
+        "ally_smtp_host": info["smtp"]["host"],
+        "ally_smtp_port": port,
+        "ally_smtp_encryption": encryption,
+        "ally_smtp_imap_host": info["imap"]["host"],
+        "ally_smtp_imap_port": info["imap"]["port"],
+        "ally_smtp_sent_copy": "auto",
+        "ally_smtp_verify_tls": True,
+        **values,
+    }
 
 
 class SmtpServer:
@@ -97,7 +116,7 @@ class Mailbox:
         """[(flags, email.message.Message)] of ``folder``."""
         result = []
         with self.connect() as imap:
-            imap.select(folder, readonly=True)
+            imap.select(f'"{folder}"', readonly=True)
             _typ, data = imap.uid("SEARCH", "ALL")
             for uid in data[0].split():
                 _typ, parts = imap.uid("FETCH", uid, "(FLAGS RFC822)")
@@ -112,13 +131,34 @@ class Mailbox:
             if (msg["Message-Id"] or "").strip() == message_id
         ]
 
-    def purge(self):
+    def purge(self, folders=("INBOX", "Sent")):
+        """Empty ``folders`` (those that exist)."""
         with self.connect() as imap:
-            for folder in ("INBOX", "Sent"):
-                _typ, count = imap.select(folder)
-                if int(count[0]):
+            for folder in folders:
+                typ, count = imap.select(f'"{folder}"')
+                if typ == "OK" and int(count[0]):
                     imap.store("1:*", "+FLAGS", r"(\Deleted)")
                     imap.expunge()
+
+    def folders(self):
+        """The names of the mailbox's folders."""
+        with self.connect() as imap:
+            _typ, data = imap.list()
+        return [name for _flags, _sep, name in mailbox._parse_list(data)]
+
+    def reset(self):
+        """Empty INBOX and delete every other folder."""
+        with self.connect() as imap:
+            _typ, data = imap.list()
+            for _flags, _sep, name in mailbox._parse_list(data):
+                if name.upper() != "INBOX":
+                    imap.delete(f'"{name}"')
+        self.purge(["INBOX"])
+
+    def make_folder(self, folder):
+        with self.connect() as imap:
+            typ, data = imap.create(f'"{folder}"')
+            assert typ == "OK", data
 
 
 class AllySmtpMixin:
@@ -141,21 +181,7 @@ class AllySmtpMixin:
 
     @classmethod
     def company_values(cls, encryption="ssl", **values):
-        port = cls.harness["smtp"]["ports"][
-            "ssl" if encryption == "ssl" else "starttls"
-        ]
-        return {
-            "ally_smtp_enabled": True,
-            "ally_smtp_provider": "custom",
-            "ally_smtp_host": cls.harness["smtp"]["host"],
-            "ally_smtp_port": port,
-            "ally_smtp_encryption": encryption,
-            "ally_smtp_imap_host": cls.harness["imap"]["host"],
-            "ally_smtp_imap_port": cls.harness["imap"]["port"],
-            "ally_smtp_sent_copy": "auto",
-            "ally_smtp_verify_tls": True,
-            **values,
-        }
+        return company_values(cls.harness, encryption, **values)
 
     @classmethod
     def consultant(cls, mailbox, password=None, **values):
