@@ -5,6 +5,8 @@ import smtplib
 import socket
 import ssl
 
+from .mailbox import FolderMissing, TooBig
+
 # kinds drive the send path: stop using credentials, retry later, or give up
 AUTH, TEMPORARY, PERMANENT, CONFIG = "auth", "temporary", "permanent", "config"
 
@@ -116,6 +118,20 @@ def _classify_session(env, exc, host, port, login):
             "The server %(host)s closed the connection. If this keeps happening, "
             "check the port and encryption (465 uses SSL/TLS, 587 uses STARTTLS).",
             host=host,
+        )
+    if isinstance(exc, TooBig):
+        return PERMANENT, _(
+            "The mailbox %(login)s refused the copy for the Sent folder: the "
+            "message is larger than the mail provider accepts (%(detail)s). The "
+            "mail itself was sent; only its copy in the Sent folder is missing.",
+            login=login,
+            detail=str(exc),
+        )
+    if isinstance(exc, FolderMissing):
+        return TEMPORARY, _(
+            "No Sent folder was found in the mailbox %(login)s. Create a folder "
+            "named 'Sent' in your webmail, or press 'Test SMTP configuration'.",
+            login=login,
         )
     if isinstance(exc, imaplib.IMAP4.abort):
         return TEMPORARY, _(

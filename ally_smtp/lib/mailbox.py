@@ -21,6 +21,10 @@ SENT_FALLBACKS = [
 _LIST_RE = re.compile(r'\((?P<flags>[^)]*)\) (?P<sep>"[^"]*"|NIL) (?P<name>.+)')
 # the first personal namespace of a NAMESPACE reply: (("INBOX." ".")) NIL NIL
 _NAMESPACE_RE = re.compile(r'^\(\("(?P<prefix>(?:[^"\\]|\\.)*)" (?P<sep>"[^"]*"|NIL)')
+# response codes of a mailbox that is not there (RFC 3501, RFC 5530)
+_MISSING = ("[trycreate]", "[nonexistent]", "doesn't exist", "does not exist")
+# ... and of a message larger than the server accepts (RFC 5530, RFC 7889)
+_TOO_BIG = ("[toobig]", "[limit]", "too large", "too big")
 
 
 def tls_context(verify=True):
@@ -52,11 +56,28 @@ class _QuitQuietly:
             return None
 
 
-class SMTP(_QuitQuietly, smtplib.SMTP):
+class _KeepSent:
+    """Remember the bytes of the last message sent, for the Sent folder copy.
+
+    ``send_message`` flattens the message once and hands the bytes to
+    ``sendmail``: keeping that reference gives the copy exactly what went on
+    the wire without serializing the message again.
+    """
+
+    ally_smtp_sent = None
+
+    def sendmail(self, from_addr, to_addrs, msg, *args, **kwargs):
+        self.ally_smtp_sent = None
+        result = super().sendmail(from_addr, to_addrs, msg, *args, **kwargs)
+        self.ally_smtp_sent = msg.encode("ascii") if isinstance(msg, str) else msg
+        return result
+
+
+class SMTP(_KeepSent, _QuitQuietly, smtplib.SMTP):
     pass
 
 
-class SMTP_SSL(_QuitQuietly, smtplib.SMTP_SSL):
+class SMTP_SSL(_KeepSent, _QuitQuietly, smtplib.SMTP_SSL):
     pass
 
 
@@ -157,19 +178,72 @@ def quote(name):
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def has_message(imap, folder, message_id):
-    """Whether ``folder`` already holds a message with this Message-ID."""
-    typ, _unused = imap.select(quote(folder), readonly=True)
-    if typ != "OK":
-        return False
-    typ, data = imap.uid("SEARCH", "HEADER", "Message-ID", quote(message_id))
-    return typ == "OK" and bool(data and data[0] and data[0].split())
+def _text(data):
+    return b" ".join(d for d in data or [] if isinstance(d, bytes)).decode(
+        errors="replace"
+    )
 
 
-def append(imap, folder, raw, date_time):
-    typ, data = imap.append(quote(folder), r"(\Seen)", date_time, raw)
-    if typ != "OK":
-        raise imaplib.IMAP4.error(
-            b" ".join(d for d in data if d).decode(errors="replace")
-        )
-    return data
+class FolderMissing(imaplib.IMAP4.error):
+    """The Sent folder is not (or no longer) in the mailbox."""
+
+
+class TooBig(imaplib.IMAP4.error):
+    """The server refuses a message of this size."""
+
+
+class SentFolder:
+    """The Sent folder of a logged-in IMAP session.
+
+    Starts from the folder found earlier (at the Test, or by a previous copy)
+    and, when the server says it does not exist (renamed, deleted), looks for
+    it again once before giving up. ``name`` is the folder in use.
+    """
+
+    def __init__(self, imap, name=None):
+        self.imap = imap
+        self.name = name
+        self._rediscovered = False
+        if not self.name:
+            self._discover()
+
+    def _discover(self):
+        self._rediscovered = True
+        self.name = find_sent(self.imap)
+        if not self.name:
+            raise FolderMissing("No Sent folder in the mailbox.")
+
+    def _retry_missing(self, typ, data):
+        """Whether the reply says the folder is gone and another one was found."""
+        if typ == "OK" or self._rediscovered:
+            return False
+        if not any(code in _text(data).lower() for code in _MISSING):
+            return False
+        old = self.name
+        self._discover()
+        return self.name != old
+
+    def has_message(self, message_id):
+        """Whether the folder already holds a message with this Message-ID."""
+        typ, data = self.imap.select(quote(self.name), readonly=True)
+        if self._retry_missing(typ, data):
+            typ, data = self.imap.select(quote(self.name), readonly=True)
+        if typ != "OK":
+            raise FolderMissing(_text(data))
+        typ, data = self.imap.uid("SEARCH", "HEADER", "Message-ID", quote(message_id))
+        return typ == "OK" and bool(data and data[0] and data[0].split())
+
+    def append(self, raw, date_time):
+        """APPEND ``raw`` as read (``\\Seen``); TooBig/FolderMissing/error."""
+        typ, data = self.imap.append(quote(self.name), r"(\Seen)", date_time, raw)
+        if self._retry_missing(typ, data):
+            typ, data = self.imap.append(quote(self.name), r"(\Seen)", date_time, raw)
+        if typ == "OK":
+            return data
+        text = _text(data)
+        lowered = text.lower()
+        if any(code in lowered for code in _TOO_BIG):
+            raise TooBig(text)
+        if any(code in lowered for code in _MISSING):
+            raise FolderMissing(text)
+        raise imaplib.IMAP4.error(text)
