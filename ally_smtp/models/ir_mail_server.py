@@ -22,7 +22,9 @@ def _failed(user, kind, message):
     user.env.cr.postcommit.data.setdefault(FAILURES, {})[user.id] = kind
     if kind == errors.AUTH:
         user._ally_smtp_auth_failed(message)
-    return AllySmtpDeliveryError(message)
+    error = AllySmtpDeliveryError(message)
+    error.ally_smtp_kind = kind
+    return error
 
 
 class IrMailServer(models.Model):
