@@ -21,7 +21,20 @@ MAILBOXES = [
     "carol@agency.test",
     "student1@school.test",
     "student2@school.test",
+    "cpanel@agency.test",
 ]
+# Dovecot settings of one mailbox (userdb extra fields). cpanel@ is a cPanel-like
+# host: folders under "INBOX." with "." as separator, no folder flagged \Sent,
+# and no message over 1 MB accepted.
+MAILBOX_SETTINGS = {
+    "cpanel@agency.test": (
+        "userdb_namespace/inbox/prefix=INBOX. "
+        "userdb_namespace/inbox/separator=. "
+        "userdb_namespace/inbox/mailbox/Sent/auto=no "
+        "userdb_namespace/inbox/mailbox/Drafts/auto=no "
+        "userdb_quota_max_mail_size=1M"
+    ),
+}
 
 
 def free_port():
@@ -147,7 +160,7 @@ class Services:
                 capture_output=True,
                 text=True,
             ).stdout.strip()
-            passwd.append(f"{login}:{crypt}::::::")
+            passwd.append(f"{login}:{crypt}::::::{MAILBOX_SETTINGS.get(login, '')}")
         (base / "users").write_text("\n".join(passwd) + "\n")
         port = free_port()
         conf = base / "dovecot.conf"
@@ -259,6 +272,11 @@ service anvil {{
 }}
 service imap-login {{
   chroot =
+}}
+mail_plugins = $mail_plugins quota
+plugin {{
+  quota = count:User quota
+  quota_vsizes = yes
 }}
 namespace inbox {{
   inbox = yes

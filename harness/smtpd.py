@@ -19,6 +19,8 @@ A small HTTP API on loopback lets tests read and steer it::
     POST /faults           [{"stage": "RCPT", "reply": "451 4.3.0 Try later",
                              "times": 1, "login": "a@x"}]   ("reply": "drop" cuts)
     POST /config           {"autosave": true}   (or a list of logins)
+                           {"deliver": false}   (record only: no IMAP delivery,
+                                                 for benchmarks)
 """
 
 import asyncio
@@ -56,6 +58,7 @@ class State:
             self.messages = []
             self.faults = []
             self.autosave = False
+            self.deliver = True
 
     def session(self, smtp_session, listener):
         with self.lock:
@@ -209,11 +212,12 @@ class Handler:
                 }
             )
             autosave = self.state.autosave
+            deliver = self.state.deliver
         self.state.event(record, "data", message_id)
         deliveries = [
             (rcpt, self.state.users[rcpt], "INBOX", "")
             for rcpt in envelope.rcpt_tos
-            if rcpt in self.state.users
+            if rcpt in self.state.users and deliver
         ]
         if login and (autosave is True or (autosave and login in autosave)):
             deliveries.append((login, self.state.users[login], "Sent", r"(\Seen)"))
@@ -253,10 +257,15 @@ def _control_server(state, port):
                     state.faults.extend(payload)
             elif self.path == "/config":
                 with state.lock:
-                    autosave = payload.get("autosave")
-                    state.autosave = (
-                        set(autosave) if isinstance(autosave, list) else bool(autosave)
-                    )
+                    if "autosave" in payload:
+                        autosave = payload["autosave"]
+                        state.autosave = (
+                            set(autosave)
+                            if isinstance(autosave, list)
+                            else bool(autosave)
+                        )
+                    if "deliver" in payload:
+                        state.deliver = bool(payload["deliver"])
             else:
                 self.send_error(404)
                 return

@@ -5,6 +5,8 @@ import smtplib
 import socket
 import ssl
 
+from .mailbox import FolderMissing, TooBig
+
 # kinds drive the send path: stop using credentials, retry later, or give up
 AUTH, TEMPORARY, PERMANENT, CONFIG = "auth", "temporary", "permanent", "config"
 
@@ -16,8 +18,12 @@ def _reply(exc):
     return f"{exc.smtp_code} {text}".replace("\n", " ")
 
 
-def classify(env, exc, host="", port=0, login=""):
-    """Return ``(kind, message)`` for an exception raised talking to a server."""
+def classify(env, exc, host="", port=0, login="", protocol="smtp"):
+    """Return ``(kind, message)`` for an exception raised talking to a server.
+
+    ``protocol`` ("smtp" or "imap") picks the port advice: an IMAP server is
+    reached on 993 (SSL/TLS), never on SMTP's 465/587.
+    """
     if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
         # every recipient refused: classify the first reply
         code, text = next(iter(exc.recipients.values()))
@@ -26,6 +32,8 @@ def classify(env, exc, host="", port=0, login=""):
         return _classify_reply(env, exc, host, login)
     if isinstance(exc, smtplib.SMTPException | imaplib.IMAP4.error):
         return _classify_session(env, exc, host, port, login)
+    if protocol == "imap":
+        return _classify_imap_network(env, exc, host, port)
     return _classify_network(env, exc, host, port)
 
 
@@ -111,6 +119,27 @@ def _classify_session(env, exc, host, port, login):
             "check the port and encryption (465 uses SSL/TLS, 587 uses STARTTLS).",
             host=host,
         )
+    if isinstance(exc, TooBig):
+        return PERMANENT, _(
+            "The mailbox %(login)s refused the copy for the Sent folder: the "
+            "message is larger than the mail provider accepts (%(detail)s). The "
+            "mail itself was sent; only its copy in the Sent folder is missing.",
+            login=login,
+            detail=str(exc),
+        )
+    if isinstance(exc, FolderMissing):
+        return TEMPORARY, _(
+            "No Sent folder was found in the mailbox %(login)s. Create a folder "
+            "named 'Sent' in your webmail, or press 'Test SMTP configuration'.",
+            login=login,
+        )
+    if isinstance(exc, imaplib.IMAP4.abort):
+        return TEMPORARY, _(
+            "The IMAP server %(host)s closed the connection (%(detail)s). It "
+            "will be tried again.",
+            host=host,
+            detail=str(exc),
+        )
     if isinstance(exc, imaplib.IMAP4.error):
         detail = str(exc)
         if "authenticationfailed" in detail.lower() or "login" in detail.lower():
@@ -175,3 +204,34 @@ def _classify_network(env, exc, host, port):
             detail=exc.strerror or str(exc),
         )
     return PERMANENT, str(exc)
+
+
+def _classify_imap_network(env, exc, host, port):
+    """Network failures of the IMAP server: advice about IMAP's port 993."""
+    _ = env._
+    if isinstance(exc, ssl.SSLError) and not isinstance(
+        exc, ssl.SSLCertVerificationError
+    ):
+        return CONFIG, _(
+            "The encryption does not match port %(port)s of the IMAP server "
+            "%(host)s (%(detail)s). Odoo reaches IMAP with SSL/TLS, usually on "
+            "port 993.",
+            host=host,
+            port=port,
+            detail=exc.reason or str(exc),
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return TEMPORARY, _(
+            "Nothing answers on the IMAP server %(host)s port %(port)s. Check the "
+            "IMAP port (usually 993, SSL/TLS) or try again later.",
+            host=host,
+            port=port,
+        )
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return TEMPORARY, _(
+            "The IMAP server %(host)s did not answer on port %(port)s in time. "
+            "Check the IMAP port (usually 993, SSL/TLS) or try again later.",
+            host=host,
+            port=port,
+        )
+    return _classify_network(env, exc, host, port)

@@ -8,17 +8,23 @@ import ssl
 from odoo.tools import config
 
 TIMEOUT = 20
+# Sent folder names when the server flags none \Sent (RFC 6154), in order;
+# each is also tried under the personal namespace (cPanel's "INBOX.").
 SENT_FALLBACKS = [
     "Sent",
-    "INBOX.Sent",
     "Sent Items",
     "Sent Messages",
     "[Gmail]/Sent Mail",
     "Enviados",
-    "INBOX.Enviados",
     "Itens Enviados",
 ]
 _LIST_RE = re.compile(r'\((?P<flags>[^)]*)\) (?P<sep>"[^"]*"|NIL) (?P<name>.+)')
+# the first personal namespace of a NAMESPACE reply: (("INBOX." ".")) NIL NIL
+_NAMESPACE_RE = re.compile(r'^\(\("(?P<prefix>(?:[^"\\]|\\.)*)" (?P<sep>"[^"]*"|NIL)')
+# response codes of a mailbox that is not there (RFC 3501, RFC 5530)
+_MISSING = ("[trycreate]", "[nonexistent]", "doesn't exist", "does not exist")
+# ... and of a message larger than the server accepts (RFC 5530, RFC 7889)
+_TOO_BIG = ("[toobig]", "[limit]", "too large", "too big")
 
 
 def tls_context(verify=True):
@@ -50,11 +56,28 @@ class _QuitQuietly:
             return None
 
 
-class SMTP(_QuitQuietly, smtplib.SMTP):
+class _KeepSent:
+    """Remember the bytes of the last message sent, for the Sent folder copy.
+
+    ``send_message`` flattens the message once and hands the bytes to
+    ``sendmail``: keeping that reference gives the copy exactly what went on
+    the wire without serializing the message again.
+    """
+
+    ally_smtp_sent = None
+
+    def sendmail(self, from_addr, to_addrs, msg, *args, **kwargs):
+        self.ally_smtp_sent = None
+        result = super().sendmail(from_addr, to_addrs, msg, *args, **kwargs)
+        self.ally_smtp_sent = msg.encode("ascii") if isinstance(msg, str) else msg
+        return result
+
+
+class SMTP(_KeepSent, _QuitQuietly, smtplib.SMTP):
     pass
 
 
-class SMTP_SSL(_QuitQuietly, smtplib.SMTP_SSL):
+class SMTP_SSL(_KeepSent, _QuitQuietly, smtplib.SMTP_SSL):
     pass
 
 
@@ -84,26 +107,70 @@ def _unquote(name):
     return name
 
 
-def find_sent(imap):
-    """The Sent folder: RFC 6154 ``\\Sent`` first, then the usual names."""
-    _typ, data = imap.list()
-    names = []
+def _parse_list(data):
+    """``[(flags, separator, name)]`` of a LIST reply."""
+    result = []
     for item in data or []:
         if isinstance(item, tuple):  # name sent as a literal
-            match = _LIST_RE.match(item[0].decode(errors="replace").rsplit("{", 1)[0])
-            line_name = item[1].decode(errors="replace")
+            line = item[0].decode(errors="replace").rsplit("{", 1)[0]
+            match = _LIST_RE.match(line)
+            name = item[1].decode(errors="replace")
         else:
             match = _LIST_RE.match(item.decode(errors="replace"))
-            line_name = match and _unquote(match.group("name"))
+            name = match and _unquote(match.group("name"))
         if not match:
             continue
-        if "\\sent" in match.group("flags").lower().split():
-            return line_name
-        names.append(line_name)
-    lowered = {n.lower(): n for n in names}
+        sep = match.group("sep")
+        sep = "" if sep == "NIL" else _unquote(sep)
+        result.append((match.group("flags").lower().split(), sep, name))
+    return result
+
+
+def personal_prefix(imap, listed=()):
+    """The personal namespace's prefix, e.g. ``"INBOX."`` on cPanel hosting.
+
+    From ``NAMESPACE`` (RFC 2342) when the server answers it (servers often
+    announce it only after login), else guessed from the LIST reply: every
+    folder but INBOX under ``INBOX<separator>``.
+    """
+    try:
+        typ, data = imap.namespace()
+    except imaplib.IMAP4.error:  # BAD: no NAMESPACE on this server
+        typ, data = "BAD", None
+    match = (
+        typ == "OK"
+        and data
+        and isinstance(data[0], bytes)
+        and _NAMESPACE_RE.match(data[0].decode(errors="replace"))
+    )
+    if match:
+        return _unquote('"' + match.group("prefix") + '"')
+    seps = {sep for _flags, sep, _name in listed if sep}
+    if len(seps) == 1:
+        prefix = "INBOX" + seps.pop()
+        others = [n for _f, _s, n in listed if n.upper() != "INBOX"]
+        if others and all(n.upper().startswith(prefix.upper()) for n in others):
+            return prefix
+    return ""
+
+
+def find_sent(imap):
+    """The Sent folder: RFC 6154 ``\\Sent`` first, then the usual names.
+
+    Each usual name is looked for as it is and under the personal namespace,
+    so that cPanel's ``INBOX.Sent Items`` is found as well as ``Sent Items``.
+    """
+    _typ, data = imap.list()
+    listed = _parse_list(data)
+    for flags, _sep, name in listed:
+        if "\\sent" in flags:
+            return name
+    prefix = personal_prefix(imap, listed)
+    lowered = {name.lower(): name for _flags, _sep, name in listed}
     for fallback in SENT_FALLBACKS:
-        if fallback.lower() in lowered:
-            return lowered[fallback.lower()]
+        for candidate in (fallback, prefix + fallback):
+            if candidate.lower() in lowered:
+                return lowered[candidate.lower()]
     return None
 
 
@@ -111,19 +178,72 @@ def quote(name):
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def has_message(imap, folder, message_id):
-    """Whether ``folder`` already holds a message with this Message-ID."""
-    typ, _unused = imap.select(quote(folder), readonly=True)
-    if typ != "OK":
-        return False
-    typ, data = imap.uid("SEARCH", "HEADER", "Message-ID", quote(message_id))
-    return typ == "OK" and bool(data and data[0] and data[0].split())
+def _text(data):
+    return b" ".join(d for d in data or [] if isinstance(d, bytes)).decode(
+        errors="replace"
+    )
 
 
-def append(imap, folder, raw, date_time):
-    typ, data = imap.append(quote(folder), r"(\Seen)", date_time, raw)
-    if typ != "OK":
-        raise imaplib.IMAP4.error(
-            b" ".join(d for d in data if d).decode(errors="replace")
-        )
-    return data
+class FolderMissing(imaplib.IMAP4.error):
+    """The Sent folder is not (or no longer) in the mailbox."""
+
+
+class TooBig(imaplib.IMAP4.error):
+    """The server refuses a message of this size."""
+
+
+class SentFolder:
+    """The Sent folder of a logged-in IMAP session.
+
+    Starts from the folder found earlier (at the Test, or by a previous copy)
+    and, when the server says it does not exist (renamed, deleted), looks for
+    it again once before giving up. ``name`` is the folder in use.
+    """
+
+    def __init__(self, imap, name=None):
+        self.imap = imap
+        self.name = name
+        self._rediscovered = False
+        if not self.name:
+            self._discover()
+
+    def _discover(self):
+        self._rediscovered = True
+        self.name = find_sent(self.imap)
+        if not self.name:
+            raise FolderMissing("No Sent folder in the mailbox.")
+
+    def _retry_missing(self, typ, data):
+        """Whether the reply says the folder is gone and another one was found."""
+        if typ == "OK" or self._rediscovered:
+            return False
+        if not any(code in _text(data).lower() for code in _MISSING):
+            return False
+        old = self.name
+        self._discover()
+        return self.name != old
+
+    def has_message(self, message_id):
+        """Whether the folder already holds a message with this Message-ID."""
+        typ, data = self.imap.select(quote(self.name), readonly=True)
+        if self._retry_missing(typ, data):
+            typ, data = self.imap.select(quote(self.name), readonly=True)
+        if typ != "OK":
+            raise FolderMissing(_text(data))
+        typ, data = self.imap.uid("SEARCH", "HEADER", "Message-ID", quote(message_id))
+        return typ == "OK" and bool(data and data[0] and data[0].split())
+
+    def append(self, raw, date_time):
+        """APPEND ``raw`` as read (``\\Seen``); TooBig/FolderMissing/error."""
+        typ, data = self.imap.append(quote(self.name), r"(\Seen)", date_time, raw)
+        if self._retry_missing(typ, data):
+            typ, data = self.imap.append(quote(self.name), r"(\Seen)", date_time, raw)
+        if typ == "OK":
+            return data
+        text = _text(data)
+        lowered = text.lower()
+        if any(code in lowered for code in _TOO_BIG):
+            raise TooBig(text)
+        if any(code in lowered for code in _MISSING):
+            raise FolderMissing(text)
+        raise imaplib.IMAP4.error(text)

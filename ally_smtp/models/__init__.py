@@ -1,4 +1,5 @@
 from . import ally_smtp_sent_copy
+from . import ally_smtp_sent_copy_part
 from . import ir_mail_server
 from . import mail_compose_message
 from . import mail_mail

@@ -1,28 +1,86 @@
-import base64
 import email.utils
-import imaplib
 import logging
 import re
+import threading
 import time
-from datetime import timedelta
+import zlib
+from datetime import timedelta, timezone
 
-from odoo import _, api, fields, models, modules, tools
+from psycopg2.extensions import TransactionRollbackError
+
+from odoo import _, api, fields, models, modules
+from odoo.tools import SQL, config
 
 from ..lib import errors, mailbox
+from .ally_smtp_sent_copy_part import WAKE_EVERY
 
 _logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 FIRST_DELAY = timedelta(minutes=2)
 KEEP_DONE = timedelta(days=7)
+# a message is filed once none of its mail.mail chunks waits to be sent, or
+# when its first chunk left this long ago (a chunk stuck in the queue)
+WAIT_FOR_CHUNKS = timedelta(hours=1)
+RECHECK = timedelta(minutes=1)
+READ_CHUNK = 4 * 1024 * 1024  # bytes of a message read per query
+HEAD_CHUNK = 64 * 1024
+_COLLECT_LOCK = zlib.crc32(b"ally_smtp.sent_copy.collect")
 # headers of the SMTP transaction that a mail client's Sent copy does not carry
 _DROP = re.compile(
-    rb"^(To|Return-Path|X-Forge-To|X-Msg-To-Add):[^\r\n]*\r\n([ \t][^\r\n]*\r\n)*",
+    rb"^(To|Cc|Return-Path|X-Forge-To|X-Msg-To-Add):[^\r\n]*\r\n([ \t][^\r\n]*\r\n)*",
     re.IGNORECASE | re.MULTILINE,
 )
+# a chunk (mail.mail) of the copy's message still waits to be sent
+_OUTGOING = """
+    EXISTS (
+        SELECT 1
+          FROM mail_mail mm
+          JOIN mail_message m ON m.id = mm.mail_message_id
+         WHERE m.message_id = c.message_id AND mm.state = 'outgoing'
+    )
+"""
+# the copy is due and its message is sent completely (or waited long enough)
+_READY = f"""
+    c.state IN ('pending', 'filing') AND c.next_try <= %(now)s
+    AND (c.first_sent < %(bound)s OR NOT {_OUTGOING})
+"""
+_WAITING = f"""
+    c.state = 'pending' AND c.next_try <= %(now)s
+    AND c.first_sent >= %(bound)s AND {_OUTGOING}
+"""
+
+
+def _condition(condition):
+    now = fields.Datetime.now()
+    return SQL(condition, now=now, bound=now - WAIT_FOR_CHUNKS)
+
+
+def _testing():
+    """Tests run in one transaction that must not be committed."""
+    return getattr(threading.current_thread(), "testing", False)
+
+
+def _merge(values):
+    """The addresses of ``values`` (header values), each once, in order."""
+    seen, result = set(), []
+    for name, address in email.utils.getaddresses([v for v in values if v]):
+        key = address.strip().lower()
+        if key and key not in seen:
+            seen.add(key)
+            result.append((name, address.strip()))
+    return result
+
+
+def _header(name, pairs):
+    value = ",\r\n ".join(email.utils.formataddr(p, charset="utf-8") for p in pairs)
+    return b"\r\n" + name + b": " + value.encode()
 
 
 class AllySmtpSentCopy(models.Model):
+    """One message for its author's Sent folder, made of the parts the send
+    path recorded (one per SMTP transaction) and filed by a cron."""
+
     _name = "ally.smtp.sent.copy"
     _description = "Copy of a sent mail for the author's Sent folder"
     _order = "id desc"
@@ -33,11 +91,15 @@ class AllySmtpSentCopy(models.Model):
     )
     message_id = fields.Char("Message-ID", required=True, readonly=True)
     subject = fields.Char(readonly=True)
-    recipients = fields.Char(readonly=True)
-    raw = fields.Binary("Message", attachment=True, readonly=True)
+    recipients = fields.Text(readonly=True)
+    cc = fields.Text(readonly=True)
+    first_sent = fields.Datetime("Sent on", readonly=True)
+    size = fields.Integer("Size (bytes)", readonly=True)
+    part_ids = fields.One2many("ally.smtp.sent.copy.part", "copy_id", readonly=True)
     state = fields.Selection(
         [
             ("pending", "Pending"),
+            ("filing", "Being filed"),
             ("done", "In the Sent folder"),
             ("skipped", "Already filed by the provider"),
             ("failed", "Failed"),
@@ -49,6 +111,12 @@ class AllySmtpSentCopy(models.Model):
     )
     attempts = fields.Integer(readonly=True)
     next_try = fields.Datetime(default=fields.Datetime.now, readonly=True)
+    verify = fields.Boolean(
+        "Look for it first",
+        readonly=True,
+        help="An earlier attempt may have reached the folder: the next one "
+        "looks for the Message-ID there before adding the copy.",
+    )
     last_error = fields.Text(readonly=True)
 
     _sql_constraints = [  # noqa: RUF012 - Odoo's declaration style
@@ -59,111 +127,449 @@ class AllySmtpSentCopy(models.Model):
         )
     ]
 
-    @api.model
-    def _ally_smtp_register(self, user, message):
-        """Queue the copy of a message ``user``'s session just sent.
-
-        Odoo sends one SMTP transaction per recipient partner, all with the
-        same Message-ID: they make one copy that lists every recipient.
-        """
-        company = user.company_id
-        if company.ally_smtp_sent_copy == "never" or not company.ally_smtp_imap_host:
-            return self.browse()
-        message_id = (message["Message-Id"] or "").strip()
-        recipients = tools.mail.email_split_and_format(str(message["To"] or ""))
-        copy = self.search([("user_id", "=", user.id), ("message_id", "=", message_id)])
-        if copy:
-            if copy.state == "pending":
-                known = tools.mail.email_split_and_format(copy.recipients)
-                new = [r for r in recipients if r not in known]
-                copy.recipients = ", ".join(known + new)
-            return copy
-        raw = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
-        copy = self.create(
-            {
-                "user_id": user.id,
-                "message_id": message_id,
-                "subject": str(message["Subject"] or ""),
-                "recipients": ", ".join(recipients),
-                "raw": base64.b64encode(raw),
-            }
-        )
-        self.env.ref("ally_smtp.ir_cron_sent_copy")._trigger()
-        return copy
-
-    def _ally_smtp_message(self):
-        """The bytes to file: as sent, with every recipient in To."""
-        raw = base64.b64decode(self.with_context(bin_size=False).raw)
-        header, sep, body = raw.partition(b"\r\n\r\n")
-        header = _DROP.sub(b"", header + b"\r\n").rstrip(b"\r\n")
-        pairs = email.utils.getaddresses([self.recipients])
-        to = ",\r\n ".join(email.utils.formataddr(p, charset="utf-8") for p in pairs)
-        return header + b"\r\nTo: " + to.encode() + sep + body
-
+    # -- the cron -----------------------------------------------------------
     @api.model
     def _ally_smtp_process(self):
-        """Cron: file pending copies, one IMAP login per user."""
+        """Cron: file the copies whose message is sent completely.
+
+        Each copy is claimed (state 'filing', committed) before its APPEND and
+        marked done, committed, right after: a run that is killed or stopped by
+        the cron time limit never files again what it filed, and a copy left
+        'filing' by a dead run is looked for in the folder before it is added.
+        A run ends by itself after a time budget and tells the cron what is
+        left, so that a backlog converges however slow the provider is.
+        """
         if modules.module.current_test:  # other modules' tests stay offline
             return
-        due = self.search(
-            [("state", "=", "pending"), ("next_try", "<=", fields.Datetime.now())]
-        )
-        # a refused password is not tried again until the user fixes it
-        for user in due.user_id.filtered(lambda u: not u._ally_smtp_blocked()):
-            due.filtered(lambda c, u=user: c.user_id == u)._ally_smtp_file(user)
+        deadline = time.monotonic() + self._ally_smtp_time_budget()
+        collected = self._ally_smtp_collect()
+        done = 0
+        for user in self._ally_smtp_due_users():
+            if done and time.monotonic() >= deadline:
+                break
+            done += self._ally_smtp_file_user(user, deadline)
+        remaining = self._ally_smtp_count(_condition(_READY))
+        self.env["ir.cron"]._notify_progress(done=done, remaining=remaining)
+        self._ally_smtp_schedule(worked=bool(collected or done))
 
-    def _ally_smtp_file(self, user):
-        company = user.company_id
-        mode = company.ally_smtp_sent_copy
-        host, port = (
-            (company.ally_smtp_imap_host or "").strip(),
-            company.ally_smtp_imap_port,
-        )
+    @api.model
+    def _ally_smtp_time_budget(self):
+        """Seconds a run may file, well inside the cron's time limit.
+
+        The cron runs the job up to 10 times in a row while work remains, all
+        within one time limit (``limit_time_real_cron``, else
+        ``limit_time_real``).
+        """
+        limit = config.get("limit_time_real_cron") or 0
+        if limit <= 0:
+            limit = config.get("limit_time_real") or 0
+        return max(5.0, limit / 12) if limit > 0 else 60.0
+
+    @api.model
+    def _ally_smtp_sql(self, query, params=None):
+        """Run SQL on what the ORM wrote so far (copies are also written by
+        the ORM, and tests never commit, which would flush)."""
+        self.env.flush_all()
+        self.env.cr.execute(query, params)
+
+    @api.model
+    def _ally_smtp_commit(self):
+        """End a unit of work; in tests (one transaction) there is nothing to do."""
+        if not _testing():
+            self.env.cr.commit()  # pylint: disable=invalid-commit
+
+    @api.model
+    def _ally_smtp_rollback(self):
+        if not _testing():
+            self.env.cr.rollback()
+
+    @api.model
+    def _ally_smtp_collect(self):
+        """Gather the parts the send path left into one copy per message.
+
+        Returns how many parts were gathered. Runs under a transaction lock so
+        that two runs never create the same copy; the loser of a conflict
+        leaves the work to the next run.
+        """
+        cr = self.env.cr
+        now = fields.Datetime.now()
         try:
-            if not host:
-                raise imaplib.IMAP4.error(_("No IMAP server is set up for the agency."))
-            with company._ally_smtp_open_imap() as imap:
-                imap.login(user.ally_smtp_email, user._ally_smtp_password())
-                folder = user.ally_smtp_sent_folder or mailbox.find_sent(imap)
-                if not folder:
-                    raise imaplib.IMAP4.error(_("No Sent folder in the mailbox."))
-                if folder != user.ally_smtp_sent_folder:
-                    user.ally_smtp_sent_folder = folder
-                for copy in self:
-                    if mode == "auto" and mailbox.has_message(
-                        imap, folder, copy.message_id
-                    ):
-                        copy.state = "skipped"
-                        continue
-                    date = time.time()
-                    mailbox.append(imap, folder, copy._ally_smtp_message(), date)
-                    copy.write({"state": "done", "last_error": False})
-        except Exception as exc:  # noqa: BLE001 - retried, then shown to the user
-            kind, message = errors.classify(
-                user.with_context(lang=user.lang).env,
-                exc,
-                host,
-                port,
-                user.ally_smtp_email,
+            self._ally_smtp_sql("SELECT pg_try_advisory_xact_lock(%s)", [_COLLECT_LOCK])
+            if not cr.fetchone()[0]:
+                return 0
+            self._ally_smtp_sql(
+                """
+                INSERT INTO ally_smtp_sent_copy
+                    (user_id, message_id, subject, first_sent, state, attempts,
+                     next_try, verify, create_uid, create_date, write_uid, write_date)
+                SELECT p.user_id, p.message_id, min(p.subject), min(p.sent_at),
+                       'pending', 0, %(now)s, false, %(uid)s, %(now)s, %(uid)s, %(now)s
+                  FROM ally_smtp_sent_copy_part p
+                 WHERE p.copy_id IS NULL
+                   AND NOT EXISTS (
+                        SELECT 1 FROM ally_smtp_sent_copy c
+                         WHERE c.user_id = p.user_id AND c.message_id = p.message_id)
+                 GROUP BY p.user_id, p.message_id
+                ON CONFLICT (user_id, message_id) DO NOTHING
+                """,
+                {"now": now, "uid": self.env.uid},
             )
-            _logger.info("ally_smtp: Sent copy for user %s delayed: %s", user.id, exc)
-            if kind == errors.AUTH:
-                user._ally_smtp_auth_failed(message)
-            for copy in self.filtered(lambda c: c.state == "pending"):
+            self._ally_smtp_sql(
+                """
+                UPDATE ally_smtp_sent_copy_part p
+                   SET copy_id = c.id
+                  FROM ally_smtp_sent_copy c
+                 WHERE p.copy_id IS NULL
+                   AND c.user_id = p.user_id AND c.message_id = p.message_id
+             RETURNING c.id, c.state
+                """
+            )
+            rows = cr.fetchall()
+            self.env.invalidate_all()
+            pending = {copy_id for copy_id, state in rows if state == "pending"}
+            self.browse(sorted(pending))._ally_smtp_merge()
+            self._ally_smtp_commit()
+        except TransactionRollbackError as exc:
+            self._ally_smtp_rollback()
+            _logger.info("ally_smtp: Sent copies gathered by another run (%s)", exc)
+            return 0
+        return len(rows)
+
+    def _ally_smtp_merge(self):
+        """Every recipient of every part, each once; the size of the message.
+
+        Takes the parts sent since the copy was gathered too, in the snapshot
+        that found the message sent completely.
+        """
+        cr = self.env.cr
+        for copy in self:
+            self._ally_smtp_sql(
+                """UPDATE ally_smtp_sent_copy_part SET copy_id = %s
+                    WHERE copy_id IS NULL AND user_id = %s AND message_id = %s""",
+                [copy.id, copy.user_id.id, copy.message_id],
+            )
+            self.env["ally.smtp.sent.copy.part"].invalidate_model(["copy_id"])
+            copy.invalidate_recordset(["part_ids"])
+            parts = copy.part_ids
+            self._ally_smtp_sql(
+                """SELECT octet_length(raw) FROM ally_smtp_sent_copy_part
+                    WHERE copy_id = %s AND raw IS NOT NULL ORDER BY id LIMIT 1""",
+                [copy.id],
+            )
+            row = cr.fetchone()
+            to = _merge(parts.mapped("recipients"))
+            cc = _merge(parts.mapped("cc"))
+            copy.write(
+                {
+                    "recipients": ", ".join(email.utils.formataddr(p) for p in to),
+                    "cc": ", ".join(email.utils.formataddr(p) for p in cc),
+                    "first_sent": min(parts.mapped("sent_at")),
+                    "size": row[0] if row else 0,
+                }
+            )
+
+    @api.model
+    def _ally_smtp_count(self, condition):
+        """How many copies meet ``condition`` (on ``c``) for usable users."""
+        self._ally_smtp_sql(
+            SQL(
+                """SELECT count(*)
+                     FROM ally_smtp_sent_copy c
+                     JOIN res_users u ON u.id = c.user_id
+                    WHERE u.ally_smtp_state IS DISTINCT FROM 'failed' AND %s""",
+                condition,
+            )
+        )
+        return self.env.cr.fetchone()[0]
+
+    @api.model
+    def _ally_smtp_due_users(self):
+        """Users with copies to file; a refused password waits for its owner."""
+        self._ally_smtp_sql(
+            """SELECT DISTINCT user_id FROM ally_smtp_sent_copy
+                WHERE state IN ('pending', 'filing') AND next_try <= %s""",
+            [fields.Datetime.now()],
+        )
+        users = self.env["res.users"].browse([r[0] for r in self.env.cr.fetchall()])
+        return users.filtered(lambda u: not u._ally_smtp_blocked())
+
+    @api.model
+    def _ally_smtp_schedule(self, worked):
+        """Trigger the cron again for what this run left for later."""
+        now = fields.Datetime.now()
+        moments = []
+        if worked:  # parts committed while this run was busy
+            moments.append(now + timedelta(seconds=WAKE_EVERY))
+        if self._ally_smtp_count(_condition(_WAITING)):
+            moments.append(now + RECHECK)
+        self._ally_smtp_sql(
+            """SELECT min(next_try) FROM ally_smtp_sent_copy
+                WHERE state IN ('pending', 'filing') AND next_try > %s""",
+            [now],
+        )
+        later = self.env.cr.fetchone()[0]
+        if later:
+            moments.append(later)
+        cron = self.env.ref("ally_smtp.ir_cron_sent_copy", raise_if_not_found=False)
+        if moments and cron:
+            cron._trigger(min(moments))
+
+    # -- filing one user's copies ---------------------------------------------
+    @api.model
+    def _ally_smtp_file_user(self, user, deadline):
+        """File ``user``'s ready copies over one IMAP session; return how many.
+
+        Files at least one copy, then stops at ``deadline``.
+        """
+        company = user.company_id
+        host = (company.ally_smtp_imap_host or "").strip()
+        port = company.ally_smtp_imap_port
+        done, copy, imap, folder = 0, self.browse(), None, None
+        try:
+            while not done or time.monotonic() < deadline:
+                copy = self._ally_smtp_claim(user)
+                if not copy:
+                    break
+                if folder is None:
+                    if not host:
+                        raise mailbox.FolderMissing(
+                            _("No IMAP server is set up for the agency.")
+                        )
+                    imap = company._ally_smtp_open_imap()
+                    imap.login(user.ally_smtp_email, user._ally_smtp_password())
+                    folder = mailbox.SentFolder(imap, user.ally_smtp_sent_folder)
+                try:
+                    filed = copy._ally_smtp_file(folder, company.ally_smtp_sent_copy)
+                except mailbox.TooBig as exc:  # this copy only; go on with the rest
+                    copy._ally_smtp_failed(user, exc, host, port)
+                    filed = True
+                self._ally_smtp_commit()
+                self._ally_smtp_remember(user, folder.name)
+                done, copy = done + filed, self.browse()
+        except TransactionRollbackError as exc:
+            self._ally_smtp_rollback()  # another run files this user's copies
+            _logger.info("ally_smtp: Sent copies of user %s: %s", user.id, exc)
+        except Exception as exc:  # noqa: BLE001 - retried, then shown to the user
+            self._ally_smtp_rollback()
+            try:
+                kind, message = copy._ally_smtp_failed(user, exc, host, port)
+                if kind == errors.AUTH:
+                    user._ally_smtp_auth_failed(message)
+                self._ally_smtp_back_off(user, message)
+                self._ally_smtp_commit()
+            except TransactionRollbackError:  # another run noted it meanwhile
+                self._ally_smtp_rollback()
+        finally:
+            if imap is not None:
+                try:
+                    imap.logout()
+                except Exception:  # noqa: BLE001 - what was filed stays filed
+                    imap.shutdown()
+        return done
+
+    @api.model
+    def _ally_smtp_remember(self, user, folder):
+        """Keep the folder found (maybe again, after a rename) for next time."""
+        if folder == user.ally_smtp_sent_folder:
+            return
+        try:
+            with self.env.cr.savepoint():
+                user.ally_smtp_sent_folder = folder
+        except TransactionRollbackError:  # another run remembered it meanwhile
+            user.invalidate_recordset(["ally_smtp_sent_folder"])
+        self._ally_smtp_commit()
+
+    @api.model
+    def _ally_smtp_claim(self, user):
+        """Take the next ready copy of ``user`` for this run, or nothing.
+
+        ``FOR UPDATE SKIP LOCKED`` keeps two runs off the same copy; the
+        claim ('filing', the next attempt number, a retry time) is committed
+        before anything is sent to IMAP. The copy comes back with the attempt
+        number in its context: the run that files it must still own it.
+        """
+        cr = self.env.cr
+        now = fields.Datetime.now()
+        while True:
+            self._ally_smtp_commit()  # a fresh snapshot sees the others' claims
+            self._ally_smtp_sql(
+                SQL(
+                    """SELECT c.id, c.state FROM ally_smtp_sent_copy c
+                        WHERE c.user_id = %s AND %s
+                        ORDER BY c.id
+                        LIMIT 1
+                          FOR UPDATE OF c SKIP LOCKED""",
+                    user.id,
+                    _condition(_READY),
+                )
+            )
+            row = cr.fetchone()
+            if not row:
+                self._ally_smtp_commit()
+                return self.browse()
+            copy, interrupted = self.browse(row[0]), row[1] == "filing"
+            copy.invalidate_recordset()
+            if interrupted and copy.attempts >= MAX_ATTEMPTS:
+                _logger.warning(
+                    "ally_smtp: Sent copy %s for user %s not filed: interrupted "
+                    "%s times",
+                    copy.message_id,
+                    user.id,
+                    copy.attempts,
+                )
                 copy.write(
                     {
-                        "attempts": copy.attempts + 1,
-                        "last_error": message,
-                        "next_try": fields.Datetime.now()
-                        + FIRST_DELAY * 2**copy.attempts,
-                        "state": "failed"
-                        if copy.attempts + 1 >= MAX_ATTEMPTS
-                        else "pending",
+                        "state": "failed",
+                        "last_error": _(
+                            "Filing this copy was interrupted %(count)s times.",
+                            count=copy.attempts,
+                        ),
                     }
                 )
+                self._ally_smtp_commit()
+                continue
+            copy._ally_smtp_merge()
+            attempt = copy.attempts + 1
+            copy.write(
+                {
+                    "state": "filing",
+                    "attempts": attempt,
+                    "next_try": now + FIRST_DELAY * 2**copy.attempts,
+                    "verify": copy.verify or interrupted,
+                }
+            )
+            self._ally_smtp_commit()
+            return copy.with_context(ally_smtp_attempt=attempt)
 
+    def _ally_smtp_file(self, folder, mode):
+        """APPEND this claimed copy, holding its row until it is marked done.
+
+        The row lock keeps another run from taking the copy over while the
+        APPEND is under way (its claim query skips locked rows).
+        """
+        self.ensure_one()
+        cr = self.env.cr
+        self._ally_smtp_sql(
+            """SELECT id FROM ally_smtp_sent_copy
+                WHERE id = %s AND state = 'filing' AND attempts = %s
+                  FOR UPDATE""",
+            [self.id, self.env.context.get("ally_smtp_attempt")],
+        )
+        if not cr.fetchone():  # taken over by another run meanwhile
+            return False
+        if (mode == "auto" or self.verify) and folder.has_message(self.message_id):
+            self._ally_smtp_finish("done" if self.verify else "skipped")
+            return True
+        raw = self._ally_smtp_load()
+        date = (self.first_sent or fields.Datetime.now()).replace(tzinfo=timezone.utc)
+        folder.append(raw, date)
+        del raw
+        self._ally_smtp_finish("done")
+        return True
+
+    def _ally_smtp_finish(self, state):
+        self.write({"state": state, "last_error": False})
+        self.part_ids.unlink()
+
+    def _ally_smtp_failed(self, user, exc, host, port):
+        """Note why this copy (if any) was not filed: ``(kind, message)``."""
+        env = user.with_context(lang=user.lang).env
+        kind, message = errors.classify(
+            env, exc, host, port, user.ally_smtp_email, protocol="imap"
+        )
+        _logger.info("ally_smtp: Sent copy for user %s delayed: %s", user.id, exc)
+        if self:
+            self.invalidate_recordset()
+            given_up = kind == errors.PERMANENT or self.attempts >= MAX_ATTEMPTS
+            if given_up:
+                _logger.warning(
+                    "ally_smtp: Sent copy %s for user %s not filed: %s",
+                    self.message_id,
+                    user.id,
+                    exc,
+                )
+            self.write(
+                {
+                    "state": "failed" if given_up else "pending",
+                    "last_error": message,
+                    # the APPEND may have reached the folder before the failure
+                    "verify": True,
+                }
+            )
+        return kind, message
+
+    @api.model
+    def _ally_smtp_back_off(self, user, message):
+        """After a failure of the mailbox itself, its other copies wait too."""
+        now = fields.Datetime.now()
+        self.search(
+            [
+                ("user_id", "=", user.id),
+                ("state", "=", "pending"),
+                ("next_try", "<=", now),
+            ]
+        ).write({"next_try": now + FIRST_DELAY, "last_error": message})
+
+    def _ally_smtp_load(self):
+        """The bytes to file: as sent, with every recipient in To and Cc.
+
+        Read from the database in pieces straight into their place, so that
+        the message exists once in memory (imaplib makes one more copy).
+        """
+        cr = self.env.cr
+        self._ally_smtp_sql(
+            """SELECT id, octet_length(raw) FROM ally_smtp_sent_copy_part
+                WHERE copy_id = %s AND raw IS NOT NULL ORDER BY id LIMIT 1""",
+            [self.id],
+        )
+        row = cr.fetchone()
+        if not row:
+            raise mailbox.FolderMissing(_("The content of this copy was not kept."))
+        part_id, size = row
+
+        def read(start, length):
+            self._ally_smtp_sql(
+                """SELECT substring(raw FROM %s FOR %s)
+                     FROM ally_smtp_sent_copy_part WHERE id = %s""",
+                [start + 1, length, part_id],
+            )
+            return cr.fetchone()[0]
+
+        head, pos = bytearray(), 0
+        while pos < size:
+            head += read(pos, HEAD_CHUNK)
+            pos = len(head)
+            end = head.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+        else:
+            end = len(head)
+        header = _DROP.sub(b"", bytes(head[:end]) + b"\r\n").rstrip(b"\r\n")
+        header += _header(b"To", _merge([self.recipients]))
+        if self.cc:
+            header += _header(b"Cc", _merge([self.cc]))
+        message = bytearray(len(header) + size - end)
+        message[: len(header)] = header
+        filled = len(header) + len(head) - end
+        message[len(header) : filled] = head[end:]
+        del head
+        while pos < size:
+            chunk = read(pos, READ_CHUNK)
+            message[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+            pos += len(chunk)
+        return message
+
+    # -- actions --------------------------------------------------------------
     def action_retry(self):
-        self.write({"state": "pending", "next_try": fields.Datetime.now()})
+        self.write(
+            {
+                "state": "pending",
+                "next_try": fields.Datetime.now(),
+                "attempts": 0,
+                "verify": True,
+            }
+        )
         self.env.ref("ally_smtp.ir_cron_sent_copy")._trigger()
 
     @api.autovacuum

@@ -69,7 +69,9 @@ def _failed(user, kind, message):
     user.env.cr.postcommit.data.setdefault(FAILURES, {})[user.id] = kind
     if kind == errors.AUTH:
         user._ally_smtp_auth_failed(message)
-    return AllySmtpDeliveryError(message)
+    error = AllySmtpDeliveryError(message)
+    error.ally_smtp_kind = kind
+    return error
 
 
 class IrMailServer(models.Model):
@@ -156,10 +158,10 @@ class IrMailServer(models.Model):
 
     def send_email(self, message, *args, **kwargs):
         """Keep what a personal session sent, for the Sent folder copy."""
-        owner = getattr(kwargs.get("smtp_session"), "ally_smtp_owner", None)
+        session = kwargs.get("smtp_session")
+        owner = getattr(session, "ally_smtp_owner", None)
         if not owner:
             return super().send_email(message, *args, **kwargs)
-        message.as_bytes()  # fix MIME boundaries so the copy equals what was sent
         try:
             result = super().send_email(message, *args, **kwargs)
         except (MailDeliveryException, smtplib.SMTPServerDisconnected) as exc:
@@ -167,5 +169,5 @@ class IrMailServer(models.Model):
             env = self.with_context(lang=owner.lang).env
             kind, text = errors.classify(env, cause, login=owner.ally_smtp_email)
             raise _failed(owner, kind, text) from exc
-        self.env["ally.smtp.sent.copy"].sudo()._ally_smtp_register(owner, message)
+        self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_record(session, message)
         return result

@@ -5,12 +5,32 @@ from datetime import timedelta
 from odoo import fields, models, tools
 
 from ..lib import errors
-from .ir_mail_server import FAILURES, granted
+from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted
 
 _logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 FIRST_DELAY = timedelta(minutes=5)
+
+
+class _RetriesQuietly(logging.Filter):
+    """Odoo logs every failed send as an ERROR with its traceback. A personal
+    mailbox's temporary failure (4xx, dropped connection) is expected and the
+    mail is retried, so it is logged at INFO without one; giving up is logged
+    as a warning by ``_postprocess_sent_message``."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        if (
+            isinstance(exc, AllySmtpDeliveryError)
+            and getattr(exc, "ally_smtp_kind", None) == errors.TEMPORARY
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("odoo.addons.mail.models.mail_mail").addFilter(_RetriesQuietly())
 
 
 class MailMail(models.Model):
@@ -116,17 +136,27 @@ class MailMail(models.Model):
         kinds = {
             user.id: failures.pop(user.id) for user in users if user.id in failures
         }
-        retry = self.browse()
+        retry = tired = self.browse()
         if kinds and failure_type in ("mail_smtp", "unknown"):
-            retry = self.filtered(
+            temporary = self.filtered(
                 lambda mail: (
                     kinds.get(mail.sudo().mail_message_id.create_uid.id)
                     == errors.TEMPORARY
-                    and mail.ally_smtp_attempts + 1 < MAX_ATTEMPTS
                 )
             )
+            retry = temporary.filtered(
+                lambda mail: mail.ally_smtp_attempts + 1 < MAX_ATTEMPTS
+            )
+            tired = temporary - retry
         if retry:
             retry._ally_smtp_retry_later()
+        for mail in tired:
+            _logger.warning(
+                "ally_smtp: mail %s not sent after %s attempts: %s",
+                mail.id,
+                mail.ally_smtp_attempts + 1,
+                failure_reason,
+            )
         return super(MailMail, self - retry)._postprocess_sent_message(
             success_pids, failure_reason=failure_reason, failure_type=failure_type
         )

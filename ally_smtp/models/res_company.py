@@ -178,8 +178,8 @@ class ResCompany(models.Model):
             reload=True,
         )
 
-    def _ally_smtp_fail(self, exc, host, port, login=""):
-        kind, message = errors.classify(self.env, exc, host, port, login)
+    def _ally_smtp_fail(self, exc, host, port, login="", protocol="smtp"):
+        kind, message = errors.classify(self.env, exc, host, port, login, protocol)
         _logger.info("ally_smtp: %s:%s refused: %s", host, port, exc)
         error = UserError(message)
         error.ally_smtp_kind = kind  # a refused password stops sending
@@ -214,7 +214,7 @@ class ResCompany(models.Model):
             with self._ally_smtp_open_imap() as imap:
                 imap.capability()
         except Exception as exc:  # noqa: BLE001
-            self._ally_smtp_fail(exc, host, port)
+            self._ally_smtp_fail(exc, host, port, protocol="imap")
 
     def _ally_smtp_server_key(self):
         """Which servers the users' passwords are sent to, as one string."""

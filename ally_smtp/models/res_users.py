@@ -464,7 +464,7 @@ class ResUsers(models.Model):
                 imap.login(login, password)
                 folder = mailbox.find_sent(imap)
         except Exception as exc:  # noqa: BLE001
-            company._ally_smtp_fail(exc, host, port, login)
+            company._ally_smtp_fail(exc, host, port, login, protocol="imap")
         if not folder:
             raise UserError(
                 _(

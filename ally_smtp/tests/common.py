@@ -7,9 +7,52 @@ from unittest.mock import patch
 from odoo import modules
 from odoo.tests import TransactionCase, new_test_user
 
-from .servers import Mailbox, SmtpServer, free_port, harness
+from ..lib import mailbox
+from . import servers
+from .servers import SmtpServer, free_port, harness
 
 __all__ = ["AllySmtpCase", "AllySmtpMixin", "Mailbox", "SmtpServer", "free_port"]
+
+
+def company_values(info, encryption="ssl", **values):
+    """A company integrated with the harness provider ``info``."""
+    port = info["smtp"]["ports"]["ssl" if encryption == "ssl" else "starttls"]
+    return {
+        "ally_smtp_enabled": True,
+        "ally_smtp_provider": "custom",
+        "ally_smtp_host": info["smtp"]["host"],
+        "ally_smtp_port": port,
+        "ally_smtp_encryption": encryption,
+        "ally_smtp_imap_host": info["imap"]["host"],
+        "ally_smtp_imap_port": info["imap"]["port"],
+        "ally_smtp_sent_copy": "auto",
+        "ally_smtp_verify_tls": True,
+        **values,
+    }
+
+
+class Mailbox(servers.Mailbox):
+    """A harness mailbox, with the folder helpers that parse like the addon."""
+
+    def folders(self):
+        """The names of the mailbox's folders."""
+        with self.connect() as imap:
+            _typ, data = imap.list()
+        return [name for _flags, _sep, name in mailbox._parse_list(data)]
+
+    def reset(self):
+        """Empty INBOX and delete every other folder."""
+        with self.connect() as imap:
+            _typ, data = imap.list()
+            for _flags, _sep, name in mailbox._parse_list(data):
+                if name.upper() != "INBOX":
+                    imap.delete(f'"{name}"')
+        self.purge(["INBOX"])
+
+    def make_folder(self, folder):
+        with self.connect() as imap:
+            typ, data = imap.create(f'"{folder}"')
+            assert typ == "OK", data
 
 
 class AllySmtpMixin:
@@ -32,21 +75,7 @@ class AllySmtpMixin:
 
     @classmethod
     def company_values(cls, encryption="ssl", **values):
-        port = cls.harness["smtp"]["ports"][
-            "ssl" if encryption == "ssl" else "starttls"
-        ]
-        return {
-            "ally_smtp_enabled": True,
-            "ally_smtp_provider": "custom",
-            "ally_smtp_host": cls.harness["smtp"]["host"],
-            "ally_smtp_port": port,
-            "ally_smtp_encryption": encryption,
-            "ally_smtp_imap_host": cls.harness["imap"]["host"],
-            "ally_smtp_imap_port": cls.harness["imap"]["port"],
-            "ally_smtp_sent_copy": "auto",
-            "ally_smtp_verify_tls": True,
-            **values,
-        }
+        return company_values(cls.harness, encryption, **values)
 
     @classmethod
     def consultant(cls, mailbox, password=None, **values):

@@ -93,7 +93,7 @@ class Mailbox:
         """[(flags, email.message.Message)] of ``folder``."""
         result = []
         with self.connect() as imap:
-            imap.select(folder, readonly=True)
+            imap.select(f'"{folder}"', readonly=True)
             _typ, data = imap.uid("SEARCH", "ALL")
             for uid in data[0].split():
                 _typ, parts = imap.uid("FETCH", uid, "(FLAGS RFC822)")
@@ -108,10 +108,11 @@ class Mailbox:
             if (msg["Message-Id"] or "").strip() == message_id
         ]
 
-    def purge(self):
+    def purge(self, folders=("INBOX", "Sent")):
+        """Empty ``folders`` (those that exist)."""
         with self.connect() as imap:
-            for folder in ("INBOX", "Sent"):
-                _typ, count = imap.select(folder)
-                if int(count[0]):
+            for folder in folders:
+                typ, count = imap.select(f'"{folder}"')
+                if typ == "OK" and int(count[0]):
                     imap.store("1:*", "+FLAGS", r"(\Deleted)")
                     imap.expunge()

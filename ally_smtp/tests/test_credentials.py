@@ -9,8 +9,8 @@ from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tests import new_test_user, tagged
 from odoo.tools import config, mute_logger
 
-from ..lib import crypto
-from .common import AllySmtpCase, free_port
+from ..lib import crypto, mailbox
+from .common import AllySmtpCase, Mailbox, free_port
 
 
 @tagged("post_install", "-at_install")
@@ -134,6 +134,29 @@ class TestCredentials(AllySmtpCase):
         self.assertIn("Nothing answers", message)
         self.assertEqual(self.alice.ally_smtp_state, "untested")
         self.assertEqual(self.alice.ally_smtp_last_error, message)
+
+    def test_sent_folder_under_the_personal_namespace(self):
+        """cPanel-like hosting: folders under "INBOX.", none flagged \\Sent."""
+        cpanel = self.consultant("cpanel@agency.test")
+        box = Mailbox(self.harness, "cpanel@agency.test")
+        for folder in ("INBOX.Sent Items", "INBOX.Itens Enviados", "INBOX.Enviados"):
+            with self.subTest(folder=folder):
+                box.reset()
+                box.make_folder("INBOX.Drafts")
+                box.make_folder(folder)
+                action = cpanel.with_user(cpanel).action_ally_smtp_test()
+                self.assertIn(f"'{folder}'", action["params"]["message"])
+                self.assertEqual(cpanel.ally_smtp_sent_folder, folder)
+                with box.connect() as imap:
+                    self.assertEqual(mailbox.personal_prefix(imap), "INBOX.")
+        box.reset()
+        self._assert_test_fails("no Sent folder", user=cpanel)
+
+    def test_imap_failures_get_imap_advice(self):
+        self.company.ally_smtp_imap_port = free_port()
+        message = self._assert_test_fails("IMAP", "993")
+        self.assertNotIn("465", message)
+        self.assertNotIn("587", message)
 
     def test_without_imap_server_no_copy_is_promised(self):
         self.company.ally_smtp_imap_host = False

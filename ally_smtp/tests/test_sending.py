@@ -1,6 +1,7 @@
 """Mail a consultant writes leaves from their own mailbox, one Sent copy."""
 
 import email
+import logging
 from datetime import timedelta
 
 from odoo import Command, fields
@@ -258,7 +259,14 @@ class TestSending(AllySmtpCase):
     def test_temporary_failure_is_retried_and_sent_once(self):
         self.smtp.fail("RCPT", "451 4.3.0 Try again later", times=1)
         mail = self.queue(self.alice, "retry me")
-        self.run_queue()
+        mail_logger = "odoo.addons.mail.models.mail_mail"
+        with self.assertLogs(mail_logger, logging.INFO) as logs:
+            self.run_queue()
+        # an expected retry: noted at INFO, without a traceback
+        failure = logs.records[0]
+        self.assertIn("451", failure.getMessage())
+        self.assertEqual({r.levelno for r in logs.records}, {logging.INFO})
+        self.assertEqual({r.exc_info for r in logs.records}, {None})
         self.assertEqual(mail.state, "outgoing")
         self.assertEqual(mail.ally_smtp_attempts, 1)
         self.assertGreater(mail.scheduled_date, fields.Datetime.now())
@@ -269,6 +277,15 @@ class TestSending(AllySmtpCase):
         self.run_queue()
         self.assertEqual(mail.state, "sent", mail.failure_reason)
         self.assertEqual(len(self.smtp.messages()), 1)
+
+    def test_giving_up_on_temporary_failures_is_a_warning(self):
+        self.smtp.fail("RCPT", "451 4.3.0 Try again later", times=1)
+        mail = self.queue(self.alice, "tired")
+        mail.ally_smtp_attempts = 4
+        with self.assertLogs("odoo.addons.ally_smtp", logging.WARNING) as logs:
+            self.run_queue()
+        self.assertEqual(mail.state, "exception")
+        self.assertIn("not sent after 5 attempts", logs.output[0])
 
     def test_dropped_connection_loses_and_duplicates_nothing(self):
         mails = [self.queue(self.alice, f"drop {i}") for i in range(3)]

@@ -1,0 +1,447 @@
+"""One Sent copy per message, whatever happens while it is sent and filed."""
+
+import email
+import email.utils
+import logging
+import threading
+import uuid
+from datetime import timedelta
+from types import SimpleNamespace
+from unittest.mock import patch
+
+from odoo import SUPERUSER_ID, Command, api, fields, modules
+from odoo.tests import TransactionCase, new_test_user, tagged
+
+from ..lib import mailbox
+from .common import AllySmtpCase, Mailbox, company_values, free_port, harness
+
+
+@tagged("post_install", "-at_install")
+class TestSentCopy(AllySmtpCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.company_server = cls.agency_server()
+        cls.students = cls.env["res.partner"].create(
+            [
+                {"name": f"Student {i:03d}", "email": f"s{i:03d}@school.test"}
+                for i in range(120)
+            ]
+        )
+        cls.student = cls.env["res.partner"].create(
+            {"name": "Student One", "email": "student1@school.test"}
+        )
+        cls.group = cls.env["res.partner"].create({"name": "Class of 2027"})
+        cls.alice_box = Mailbox(cls.harness, "alice@agency.test")
+        cls.cpanel = cls.consultant("cpanel@agency.test", name="Carla Cpanel")
+        cls.cpanel_box = Mailbox(cls.harness, "cpanel@agency.test")
+
+    def setUp(self):
+        super().setUp()
+        self.alice_box.purge()
+        self.cpanel_box.reset()
+        self.Copy = self.env["ally.smtp.sent.copy"]
+
+    # -- helpers --------------------------------------------------------------
+    def post(self, user, partners, body="Hello", **kwargs):
+        with self.live():
+            return self.group.with_user(user).message_post(
+                body=body,
+                partner_ids=partners.ids,
+                message_type="comment",
+                subtype_xmlid="mail.mt_comment",
+                **kwargs,
+            )
+
+    def queue(self, user, subject):
+        message = (
+            self.env["mail.message"]
+            .with_user(user)
+            .create(
+                {
+                    "model": "res.partner",
+                    "res_id": self.student.id,
+                    "body": subject,
+                    "subject": subject,
+                    "author_id": user.partner_id.id,
+                    "email_from": user.email_formatted,
+                    "message_type": "comment",
+                }
+            )
+        )
+        return (
+            self.env["mail.mail"]
+            .with_user(user)
+            .sudo()
+            .create(
+                {
+                    "mail_message_id": message.id,
+                    "recipient_ids": [Command.link(self.student.id)],
+                    "body_html": f"<p>{subject}</p>",
+                }
+            )
+        )
+
+    def run_queue(self):
+        with self.live():
+            self.env["mail.mail"].process_email_queue()
+
+    def file_copies(self):
+        with self.live():
+            self.Copy._ally_smtp_process()
+
+    def copy_of(self, message_id):
+        return self.Copy.search([("message_id", "=", message_id)])
+
+    @staticmethod
+    def addresses(header):
+        return sorted(a for _n, a in email.utils.getaddresses([header or ""]))
+
+    # -- one copy per message -------------------------------------------------
+    def test_queued_post_in_chunks_one_delivery_each_one_copy_for_all(self):
+        self.company.ally_smtp_sent_copy = "always"
+        message = self.post(self.alice, self.students, force_send=False)
+        chunks = self.env["mail.mail"].search(
+            [("mail_message_id", "=", message.id)], order="id"
+        )
+        self.assertEqual(len(chunks), 3)  # Odoo: 50 recipients per mail.mail
+        self.assertEqual(set(chunks.mapped("state")), {"outgoing"})
+        with self.live():
+            chunks[0].send()
+        self.file_copies()
+        # the other chunks still wait in the queue: the copy waits for them
+        self.assertEqual(self.copy_of(message.message_id).state, "pending")
+        self.assertFalse(self.alice_box.find("Sent", message.message_id))
+        self.run_queue()
+        self.file_copies()
+        delivered = [r for m in self.smtp.messages() for r in m["rcpt_tos"]]
+        self.assertEqual(sorted(delivered), sorted(self.students.mapped("email")))
+        copy = self.copy_of(message.message_id)
+        self.assertEqual(copy.state, "done", copy.last_error)
+        self.assertFalse(copy.part_ids)
+        ((flags, filed),) = self.alice_box.find("Sent", message.message_id)
+        self.assertIn(b"\\Seen", flags)
+        self.assertEqual(
+            self.addresses(filed["To"]), sorted(self.students.mapped("email"))
+        )
+        self.assertEqual(len(filed.get_all("To")), 1)
+        self.file_copies()
+        self.assertEqual(len(self.alice_box.find("Sent", message.message_id)), 1)
+
+    def test_stuck_chunk_does_not_hold_the_copy_forever(self):
+        message = self.post(self.alice, self.students[:60], force_send=False)
+        first, stuck = self.env["mail.mail"].search(
+            [("mail_message_id", "=", message.id)], order="id"
+        )
+        with self.live():
+            first.send()
+        self.file_copies()
+        copy = self.copy_of(message.message_id)
+        self.assertEqual(copy.state, "pending")
+        copy.first_sent = fields.Datetime.now() - timedelta(hours=2)
+        self.file_copies()
+        self.assertEqual(copy.state, "done", copy.last_error)
+        ((_flags, filed),) = self.alice_box.find("Sent", message.message_id)
+        self.assertEqual(len(self.addresses(filed["To"])), 50)
+        self.assertEqual(stuck.state, "outgoing")
+
+    def test_copy_equals_what_was_sent(self):
+        self.company.ally_smtp_sent_copy = "always"
+        message = self.post(self.alice, self.student, body="<p>Olá, João</p>")
+        (sent,) = self.smtp.messages()
+        self.file_copies()
+        ((_flags, filed),) = self.alice_box.find("Sent", message.message_id)
+        wire = email.message_from_string(sent["data"])
+        for header in ("Subject", "Date", "From", "Content-Type", "Reply-To"):
+            self.assertEqual(filed[header], wire[header], header)
+        self.assertIsNone(filed["Return-Path"])
+        self.assertEqual(self.addresses(filed["To"]), ["student1@school.test"])
+        body = sent["data"].replace("\r\n", "\n").split("\n\n", 1)[1]
+        self.assertEqual(filed.as_string().split("\n\n", 1)[1], body)
+
+    def test_big_mail_is_streamed_and_filed_whole(self):
+        self.company.ally_smtp_sent_copy = "always"
+        data = bytes(range(256)) * 8 * 1024  # 2 MB: the streamed path
+        message = self.post(self.alice, self.student, attachments=[("big.bin", data)])
+        self.file_copies()
+        copy = self.copy_of(message.message_id)
+        self.assertEqual(copy.state, "done", copy.last_error)
+        self.assertGreater(copy.size, len(data))
+        ((_flags, filed),) = self.alice_box.find("Sent", message.message_id)
+        (part,) = [p for p in filed.walk() if p.get_filename() == "big.bin"]
+        self.assertEqual(part.get_payload(decode=True), data)
+        self.assertIn("student1@school.test", filed["To"])
+
+    def test_copy_larger_than_the_provider_accepts_fails_once(self):
+        self.company.ally_smtp_sent_copy = "always"
+        self.cpanel_box.make_folder("INBOX.Sent")
+        data = b"x" * (1536 * 1024)  # the cPanel mailbox takes at most 1 MB
+        message = self.post(self.cpanel, self.student, attachments=[("a.bin", data)])
+        self.assertEqual(len(self.smtp.messages()), 1)  # the mail itself left
+        with self.assertLogs("odoo.addons.ally_smtp", logging.INFO) as logs:
+            self.file_copies()
+        copy = self.copy_of(message.message_id)
+        self.assertEqual((copy.state, copy.attempts), ("failed", 1))
+        self.assertIn("larger than the mail provider accepts", copy.last_error)
+        self.assertIn("[LIMIT]", copy.last_error)
+        self.assertTrue(any("WARNING" in line for line in logs.output))
+        copy.next_try = fields.Datetime.now() - timedelta(hours=1)
+        self.file_copies()
+        self.assertEqual((copy.state, copy.attempts), ("failed", 1))
+        self.assertEqual(self.cpanel.ally_smtp_state, "untested")  # not a password
+
+    # -- runs that do not finish ---------------------------------------------
+    def test_run_cut_after_some_copies_files_nothing_twice(self):
+        real_append = mailbox.SentFolder.append
+        for mode in ("always", "auto"):
+            with self.subTest(mode=mode):
+                self.company.ally_smtp_sent_copy = mode
+                self.alice_box.purge()
+                mails = [self.queue(self.alice, f"cut {mode} {i}") for i in range(4)]
+                self.run_queue()
+                appended = []
+                append_then_die = self._dying_append(real_append, appended)
+
+                # (not assertRaises: Odoo's rolls back what the run wrote)
+                interrupted = False
+                with patch.object(mailbox.SentFolder, "append", append_then_die):
+                    try:
+                        self.file_copies()
+                    except KeyboardInterrupt:
+                        interrupted = True
+                self.assertTrue(interrupted)
+                ids = [m.message_id for m in mails]
+                copies = self.Copy.search([("message_id", "in", ids)], order="id")
+                self.assertEqual(
+                    copies.mapped("state"), ["done", "done", "filing", "pending"]
+                )
+                # the next run, once the interrupted copy's retry delay is over
+                copies.next_try = fields.Datetime.now() - timedelta(seconds=1)
+                appended.clear()
+                with patch.object(mailbox.SentFolder, "append", append_then_die):
+                    self.file_copies()
+                self.assertEqual(len(appended), 1)  # only the copy never filed
+                self.assertEqual(set(copies.mapped("state")), {"done"})
+                for message_id in ids:
+                    self.assertEqual(
+                        len(self.alice_box.find("Sent", message_id)), 1, message_id
+                    )
+
+    @staticmethod
+    def _dying_append(real_append, appended):
+        """An APPEND that reaches the server, then the worker dies (3rd one)."""
+
+        def append(folder, raw, date_time):
+            result = real_append(folder, raw, date_time)
+            appended.append(raw)
+            if len(appended) == 3:
+                raise KeyboardInterrupt
+            return result
+
+        return append
+
+    def test_run_stops_at_its_time_budget_and_reports_what_is_left(self):
+        for i in range(3):
+            self.queue(self.alice, f"budget {i}")
+        self.run_queue()
+        cron = self.env.ref("ally_smtp.ir_cron_sent_copy")
+        progress = []
+        for _run in range(3):
+            _cron, record = cron._add_progress()
+            with (
+                patch.object(type(self.Copy), "_ally_smtp_time_budget", lambda s: 0),
+                self.live(),
+            ):
+                self.Copy.with_context(
+                    ir_cron_progress_id=record.id
+                )._ally_smtp_process()
+            progress.append((record.done, record.remaining))
+        self.assertEqual(progress, [(1, 2), (1, 1), (1, 0)])
+        self.assertEqual(set(self.Copy.search([]).mapped("state")), {"done"})
+
+    # -- the Sent folder -------------------------------------------------------
+    def test_cpanel_namespace_and_renamed_folder(self):
+        self.cpanel_box.make_folder("INBOX.Itens Enviados")
+        action = self.cpanel.with_user(self.cpanel).action_ally_smtp_test()
+        self.assertIn("INBOX.Itens Enviados", action["params"]["message"])
+        self.assertEqual(self.cpanel.ally_smtp_sent_folder, "INBOX.Itens Enviados")
+        # renamed in webmail after the Test: found again, not counted as failure
+        with self.cpanel_box.connect() as imap:
+            imap.rename('"INBOX.Itens Enviados"', '"INBOX.Sent Items"')
+        message = self.post(self.cpanel, self.student)
+        self.file_copies()
+        copy = self.copy_of(message.message_id)
+        self.assertEqual((copy.state, copy.attempts), ("done", 1), copy.last_error)
+        self.assertEqual(self.cpanel.ally_smtp_sent_folder, "INBOX.Sent Items")
+        self.assertEqual(
+            len(self.cpanel_box.find("INBOX.Sent Items", message.message_id)), 1
+        )
+
+    def test_no_sent_folder_is_retried_with_its_own_advice(self):
+        message = self.post(self.cpanel, self.student)
+        self.file_copies()
+        copy = self.copy_of(message.message_id)
+        self.assertEqual(copy.state, "pending")
+        self.assertIn("No Sent folder", copy.last_error)
+        self.cpanel_box.make_folder("INBOX.Sent")
+        copy.next_try = fields.Datetime.now() - timedelta(seconds=1)
+        self.file_copies()
+        self.assertEqual(copy.state, "done", copy.last_error)
+
+    def test_imap_outage_gets_imap_advice(self):
+        self.company.ally_smtp_imap_port = free_port()
+        message = self.post(self.alice, self.student)
+        self.file_copies()
+        copy = self.copy_of(message.message_id)
+        self.assertEqual((copy.state, copy.attempts), ("pending", 1))
+        self.assertIn("IMAP", copy.last_error)
+        self.assertIn("993", copy.last_error)
+        self.assertNotIn("465", copy.last_error)
+        self.assertNotIn("587", copy.last_error)
+
+    # -- the send path ---------------------------------------------------------
+    def test_failed_bookkeeping_never_undoes_the_send(self):
+        part = type(self.env["ally.smtp.sent.copy.part"])
+        real = part._ally_smtp_insert
+
+        def broken(model, values, raw):
+            values[0] = None  # violates NOT NULL in the database
+            return real(model, values, raw)
+
+        with (
+            patch.object(part, "_ally_smtp_insert", broken),
+            self.assertLogs("odoo.addons.ally_smtp", logging.ERROR),
+        ):
+            mail = self.queue(self.alice, "kept")
+            self.run_queue()
+        self.assertEqual(mail.state, "sent")
+        self.assertEqual(len(self.smtp.messages()), 1)
+        self.env.flush_all()  # the transaction is usable
+        self.file_copies()
+        self.assertFalse(self.copy_of(mail.message_id))
+
+    def test_send_path_queries_per_mail(self):
+        """Copies cost at most two queries per mail more than stock Odoo,
+        however many mails the queue run sends."""
+        plain = new_test_user(
+            self.env,
+            login="plain",
+            groups="base.group_user,base.group_partner_manager",
+            email="plain@agency.test",
+        )
+        self.company.ally_smtp_sent_copy = "always"
+
+        def cost(user, count):
+            for i in range(count):
+                self.queue(user, f"count {i}")
+            self.env.invalidate_all()
+            before = self.env.cr.sql_log_count
+            self.run_queue()
+            return self.env.cr.sql_log_count - before
+
+        cost(plain, 2), cost(self.alice, 2)  # warm the caches
+        stock = [cost(plain, n) for n in (5, 10, 15)]
+        personal = [cost(self.alice, n) for n in (5, 10, 15)]
+        # the same cost for every 5 more mails: constant per mail
+        self.assertEqual(stock[2] - stock[1], stock[1] - stock[0], stock)
+        self.assertEqual(personal[2] - personal[1], personal[1] - personal[0], personal)
+        per_mail = (personal[1] - personal[0]) / 5
+        stock_per_mail = (stock[1] - stock[0]) / 5
+        self.assertLessEqual(per_mail, stock_per_mail + 2, (stock, personal))
+        parts = self.env["ally.smtp.sent.copy.part"].search_count([])
+        self.assertEqual(parts, 2 + 5 + 10 + 15)  # every personal mail has one
+
+
+@tagged("post_install", "-at_install")
+class TestFilingRunsAtOnce(TransactionCase):
+    """Two filing runs at once, committing as in production (not in the test
+    transaction): every copy reaches the folder exactly once."""
+
+    def test_two_runs_at_once_file_each_copy_once(self):
+        info = harness()
+        login = "carol@agency.test"
+        box = Mailbox(info, login)
+        box.purge()
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            admin, company = env.ref("base.user_admin"), env.ref("base.main_company")
+            values = company_values(info, ally_smtp_sent_copy="always")
+            saved = company.read(list(values))[0]
+            saved.pop("id")
+            company.write(values)
+            admin.with_user(admin).write(
+                {
+                    "ally_smtp_use_own": True,
+                    "ally_smtp_email": login,
+                    "ally_smtp_password": info["mailboxes"][login],
+                }
+            )
+            admin_id = admin.id
+        self.addCleanup(self._clean, admin_id, saved)
+        message_ids = []
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            admin = env["res.users"].browse(admin_id)
+            for i in range(12):
+                message_id = f"<at-once-{i}-{uuid.uuid4().hex}@agency.test>"
+                message_ids.append(message_id)
+                # the message went out in two SMTP transactions (two recipients)
+                for to in ("student1@school.test", f"x{i}@school.test"):
+                    raw = (
+                        f"From: carol@agency.test\r\nTo: {to}\r\n"
+                        f"Subject: at once {i}\r\nMessage-Id: {message_id}\r\n"
+                        f"Date: {email.utils.formatdate()}\r\n\r\nHello {i}\r\n"
+                    ).encode()
+                    session = SimpleNamespace(ally_smtp_owner=admin, ally_smtp_sent=raw)
+                    env["ally.smtp.sent.copy.part"]._ally_smtp_record(
+                        session, email.message_from_bytes(raw)
+                    )
+            env["ally.smtp.sent.copy"]._ally_smtp_collect()
+        start = threading.Barrier(2)
+        failures = []
+
+        def run():
+            try:
+                with self.registry.cursor() as cr:
+                    env = api.Environment(cr, SUPERUSER_ID, {})
+                    start.wait(10)
+                    env["ally.smtp.sent.copy"]._ally_smtp_process()
+            except Exception as exc:  # noqa: BLE001 - reported by the test
+                failures.append(exc)
+
+        with patch.object(modules.module, "current_test", False):
+            threads = [threading.Thread(target=run) for _i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        self.assertEqual(failures, [])
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            copies = env["ally.smtp.sent.copy"].search([("user_id", "=", admin_id)])
+            self.assertEqual(len(copies), 12)
+            self.assertEqual(set(copies.mapped("state")), {"done"}, copies.read())
+            self.assertEqual(set(copies.mapped("attempts")), {1})
+        filed = [m for _f, m in box.messages("Sent")]
+        found = sorted(m["Message-Id"] for m in filed)
+        self.assertEqual(found, sorted(message_ids))
+        for message in filed:
+            self.assertEqual(len(email.utils.getaddresses([message["To"]])), 2)
+
+    def _clean(self, admin_id, saved):
+        Mailbox(harness(), "carol@agency.test").purge()
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            env["ally.smtp.sent.copy"].search([("user_id", "=", admin_id)]).unlink()
+            env["ally.smtp.sent.copy.part"].search(
+                [("user_id", "=", admin_id)]
+            ).unlink()
+            env["res.users"].browse(admin_id).write(
+                {
+                    "ally_smtp_use_own": False,
+                    "ally_smtp_email": False,
+                    "ally_smtp_password_crypt": False,
+                    "ally_smtp_sent_folder": False,
+                }
+            )
+            env.ref("base.main_company").write(saved)
