@@ -179,13 +179,17 @@ def test_posting_as_her_goes_through_the_agency(world):
 def test_sent_copies_are_the_owners_only(world):
     world.post("ana", "ana-own 2")
     world.delivered("ana-own 2")
-    copies = world.admin(
-        "ally.smtp.sent.copy", "search_read", [("subject", "=", "ana-own 2")], ["id"]
+    world.wait(
+        lambda: world.admin(
+            "ally.smtp.sent.copy", "search", [("subject", "=", "ana-own 2")]
+        ),
+        "Ana's Sent copy record",
     )
-    assert copies
     seen = world.rpc["bob"]("ally.smtp.sent.copy", "search_read", [], ["subject"])
     assert not [c for c in seen if c["subject"].startswith("ana-own")]
     refused(lambda: world.rpc["paula"]("ally.smtp.sent.copy", "search_read", []))
+    for who in ("bob", "paula"):
+        refused(lambda w=who: world.rpc[w]("ally.smtp.sent.copy.part", "search", []))
     assert_only_anas_own_mail(world)
 
 
