@@ -5,7 +5,10 @@ its author's Sent folder, listing every recipient."""
 
 import collections
 import email.utils
+import os
+import signal
 import time
+from pathlib import Path
 
 from conftest import servers
 
@@ -107,3 +110,91 @@ def test_imap_outage_delays_the_copy_and_never_resends(world):
     world.wait(lambda: sent_copies(world, "ana", message_id), "the copy after it")
     assert len(world.deliveries(message_id)) == len(set(world.deliveries(message_id)))
     assert len(sent_copies(world, "ana", message_id)) == 1
+
+
+def cron_workers():
+    """The prefork server's cron worker processes (Odoo names them so)."""
+    master = os.environ["ALLY_SMTP_E2E_PID"]
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            title = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if ppid == master and b"WorkerCron" in title:
+            found.append(int(proc.name))
+    return found
+
+
+def test_filing_killed_mid_backlog_files_each_copy_once(world):
+    """kill -9 of the cron workers while they file a backlog: nothing filed
+    twice (mode "always", where no provider copy hides a duplicate), and the
+    rest is filed by the next run."""
+    company, port = world.company, world.info["imap"]["port"]
+    world.admin(
+        "res.company",
+        "write",
+        [company],
+        {"ally_smtp_imap_port": servers.free_port(), "ally_smtp_sent_copy": "always"},
+    )
+    try:
+        message_ids = [
+            world.message_id(world.post("ana", f"backlog {n}", force_send=False))
+            for n in range(150)
+        ]
+        world.wake("mail.ir_cron_mail_scheduler_action")
+        settle(world, message_ids)
+    finally:
+        world.admin("res.company", "write", [company], {"ally_smtp_imap_port": port})
+    copies = world.wait(
+        lambda: (
+            world.admin(
+                "ally.smtp.sent.copy", "search", [("message_id", "in", message_ids)]
+            )
+            if len(
+                world.admin(
+                    "ally.smtp.sent.copy", "search", [("message_id", "in", message_ids)]
+                )
+            )
+            == len(message_ids)
+            else None
+        ),
+        "a copy record for every message",
+    )
+    world.admin("ally.smtp.sent.copy", "write", copies, {"next_try": "2000-01-01"})
+    box = servers.Mailbox(world.info, MAILBOXES["ana"])
+    with box.connect() as imap:
+        world.wake("ally_smtp.ir_cron_sent_copy")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            _typ, data = imap.status("Sent", "(MESSAGES)")
+            filed = int(data[0].split()[-1].strip(b")"))
+            if filed:
+                break
+            time.sleep(0.02)
+        killed = cron_workers()
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        _typ, data = imap.status("Sent", "(MESSAGES)")
+        at_kill = int(data[0].split()[-1].strip(b")"))
+    assert killed, "no cron worker to kill"
+    assert 0 < at_kill < len(message_ids), f"{at_kill} filed when killed"
+    time.sleep(3)  # the master starts new cron workers
+    world.wake("ally_smtp.ir_cron_sent_copy")
+    world.wait(
+        lambda: (
+            not world.admin(
+                "ally.smtp.sent.copy",
+                "search",
+                [("id", "in", copies), ("state", "not in", ("done", "skipped"))],
+            )
+        ),
+        "every copy to be filed after the kill",
+    )
+    subjects = collections.Counter(
+        msg["Subject"] for _flags, msg in box.messages("Sent")
+    )
+    filed = {f"backlog {n}": subjects[f"backlog {n}"] for n in range(150)}
+    assert set(filed.values()) == {1}, {k: v for k, v in filed.items() if v != 1}
+    world.admin("res.company", "write", [company], {"ally_smtp_sent_copy": "auto"})

@@ -46,6 +46,7 @@ def run_e2e(odoo_path, services, config, extra=()):
             ALLY_SMTP_HARNESS=str(services.info_file),
             ALLY_SMTP_E2E_URL=url,
             ALLY_SMTP_E2E_DB=E2E_DB,
+            ALLY_SMTP_E2E_PID=str(server.pid),
         )
         junit = services.dir / "e2e.xml"
         cmd = [
