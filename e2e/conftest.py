@@ -51,10 +51,17 @@ class World:
         self.info = servers.harness()
         self.smtp = servers.SmtpServer(self.info)
         self.admin = Rpc(self.url, self.db, "admin", "admin")
+        self.ids = {}
 
     def xmlid(self, xmlid):
-        module, name = xmlid.split(".")
-        return self.admin("ir.model.data", "check_object_reference", module, name)[1]
+        """The id of ``xmlid`` (remembered: an archived record is not found)."""
+        if xmlid not in self.ids:
+            module, name = xmlid.split(".")
+            reference = self.admin(
+                "ir.model.data", "check_object_reference", module, name
+            )
+            self.ids[xmlid] = reference[1]
+        return self.ids[xmlid]
 
     def setup(self):
         info, admin = self.info, self.admin

@@ -151,6 +151,7 @@ def test_filing_killed_mid_backlog_files_each_copy_once(world):
     rest is filed by the next run."""
     company = world.company
     world.admin("res.company", "write", [company], {"ally_smtp_sent_copy": "always"})
+    world.xmlid("ally_smtp.ir_cron_sent_copy")
     set_cron_active(world, "ally_smtp.ir_cron_sent_copy", False)  # a backlog
     try:
         message_ids = [
