@@ -25,6 +25,7 @@ _NAMESPACE_RE = re.compile(r'^\(\("(?P<prefix>(?:[^"\\]|\\.)*)" (?P<sep>"[^"]*"|
 _MISSING = ("[trycreate]", "[nonexistent]", "doesn't exist", "does not exist")
 # ... and of a message larger than the server accepts (RFC 5530, RFC 7889)
 _TOO_BIG = ("[toobig]", "[limit]", "too large", "too big")
+_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 def tls_context(verify=True):
@@ -95,10 +96,19 @@ def smtp_connect(host, port, encryption, verify=True, timeout=TIMEOUT):
     return connection
 
 
+class IMAP4_SSL(imaplib.IMAP4_SSL):
+    def append(self, mailbox, flags, date_time, message):
+        """imaplib's APPEND, without rewriting line endings that are CRLF
+        already: the rewrite holds the message three times over in memory."""
+        if self.utf8_enabled or _BARE_EOL.search(message):
+            return super().append(mailbox, flags, date_time, message)
+        date = imaplib.Time2Internaldate(date_time) if date_time else None
+        self.literal = message
+        return self._simple_command("APPEND", mailbox, flags, date)
+
+
 def imap_connect(host, port, verify=True, timeout=TIMEOUT):
-    return imaplib.IMAP4_SSL(
-        host, port, ssl_context=tls_context(verify), timeout=timeout
-    )
+    return IMAP4_SSL(host, port, ssl_context=tls_context(verify), timeout=timeout)
 
 
 def _unquote(name):

@@ -3,7 +3,7 @@
 from odoo.exceptions import UserError
 from odoo.tests import tagged
 
-from .common import AllySmtpCase
+from .common import AllySmtpCase, free_port
 
 
 @tagged("post_install", "-at_install")
@@ -43,3 +43,11 @@ class TestPortuguese(AllySmtpCase):
         with self.assertRaises(UserError) as caught:
             alice.action_ally_smtp_test()
         self.assertIn("não a sua senha do Odoo", str(caught.exception))
+
+    def test_imap_advice(self):
+        self.alice.lang = "pt_BR"
+        self.company.ally_smtp_imap_port = free_port()
+        alice = self.alice.with_user(self.alice).with_context(lang="pt_BR")
+        with self.assertRaises(UserError) as caught:
+            alice.action_ally_smtp_test()
+        self.assertIn("Verifique a porta IMAP (normalmente 993", str(caught.exception))
