@@ -17,6 +17,7 @@ from .odoo import (
     install,
     odoo_bin,
     problem_records,
+    run_pytest,
     step,
     write_config,
 )
@@ -52,24 +53,9 @@ def lint():
 
 
 def pytest(odoo_path, services, config, junit, extra=()):
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(odoo_path),
-        ALLY_SMTP_HARNESS=str(services.info_file),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        f"--odoo-config={config}",
-        f"--odoo-database={TEST_DB}",
-        f"--junitxml={junit}",
-        "-rs",
-        *(extra or [f"{ADDON}/tests", "harness", f"--ignore={TOURS}"]),
-    ]
-    return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
+    args = [f"--odoo-config={config}", f"--odoo-database={TEST_DB}"]
+    args += extra or [f"{ADDON}/tests", "harness", f"--ignore={TOURS}"]
+    return run_pytest(odoo_path, services, junit, args)
 
 
 def export_pot(odoo_path, config, db, pot):

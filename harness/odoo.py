@@ -176,6 +176,20 @@ def odoo_bin(
     )
 
 
+def run_pytest(odoo_path, services, junit, args, **env):
+    """pytest on the project's environment, with Odoo and the harness servers
+    known to it; a JUnit report in ``junit`` (to count what was skipped)."""
+    env = dict(
+        os.environ,
+        **env,
+        PYTHONPATH=str(odoo_path),
+        ALLY_SMTP_HARNESS=str(services.info_file),
+    )
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs"]
+    cmd += [f"--junitxml={junit}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
+
+
 def step(title):
     print(f"\n=== {title}", flush=True)
 

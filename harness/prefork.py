@@ -1,14 +1,12 @@
 """Odoo as agencies run it — ``--workers=2 --max-cron-threads=2`` — driven over
 XML-RPC by the suite in ``e2e/`` (adversarial and production-like scenarios)."""
 
-import os
 import re
-import subprocess
 import sys
 import urllib.request
 
-from .odoo import install, odoo_popen, problem_records, step
-from .services import ROOT, free_port, wait_port
+from .odoo import install, odoo_popen, problem_records, run_pytest, step
+from .services import free_port, wait_port
 
 E2E_DB = "ally_smtp_e2e"
 # what the suite provokes on purpose: refusals are logged, never errors
@@ -40,26 +38,16 @@ def run_e2e(odoo_path, services, config, extra=()):
         wait_port(port, timeout=60)
         url = f"http://127.0.0.1:{port}"
         urllib.request.urlopen(url + "/web/login", timeout=60).close()
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(odoo_path),
-            ALLY_SMTP_HARNESS=str(services.info_file),
+        junit = services.dir / "e2e.xml"
+        code = run_pytest(
+            odoo_path,
+            services,
+            junit,
+            ["-p", "no:odoo", *(extra or ["e2e"])],
             ALLY_SMTP_E2E_URL=url,
             ALLY_SMTP_E2E_DB=E2E_DB,
             ALLY_SMTP_E2E_PID=str(server.pid),
         )
-        junit = services.dir / "e2e.xml"
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:odoo",
-        ]
-        cmd += ["-rs", f"--junitxml={junit}", *(extra or ["e2e"])]
-        code = subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
     finally:
         server.terminate()
         server.wait(60)
