@@ -83,6 +83,21 @@ ROUTES = {
     "connect() to her server": lambda w, who: w.rpc[who](
         "ir.mail_server", "connect", mail_server_id=w.ana_server
     ),
+    "connect() to her server, by position": lambda w, who: w.rpc[who](
+        "ir.mail_server", "connect", [], *([False] * 9), w.ana_server
+    ),
+    "set her status to Working": lambda w, who: w.rpc[who](
+        "res.users", "write", [w.users["ana"]], {"ally_smtp_state": "ok"}
+    ),
+    "point her password at the current server": lambda w, who: w.rpc[who](
+        "res.users",
+        "write",
+        [w.users["ana"]],
+        {"ally_smtp_server_key": "localhost|1|ssl|localhost|True"},
+    ),
+    "edit her server": lambda w, who: w.rpc[who](
+        "ir.mail_server", "write", [w.ana_server], {"smtp_user": "x@agency.test"}
+    ),
     "test_smtp_connection on her server": lambda w, who: w.rpc[who](
         "ir.mail_server", "test_smtp_connection", [w.ana_server]
     ),

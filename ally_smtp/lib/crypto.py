@@ -81,12 +81,25 @@ def create_key_file(path):
             f.write(Fernet.generate_key())
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
+        _link_or_rename(tmp, path)
         _logger.info("ally_smtp: generated the encryption key file %s", path)
     except FileExistsError:
         _logger.debug("ally_smtp: key file %s made by another process", path)
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _link_or_rename(tmp, path):
+    """Put the whole file ``tmp`` at ``path`` unless one is there already."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: one atomic rename
+        if os.path.exists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
 
 
 def _keys(env):

@@ -1,4 +1,5 @@
 import contextlib
+import inspect
 import logging
 import smtplib
 import threading
@@ -94,6 +95,27 @@ class IrMailServer(models.Model):
         )
     ]
 
+    @api.model_create_multi
+    def create(self, vals_list):
+        if any(vals.get("ally_smtp_owner_id") for vals in vals_list):
+            self._ally_smtp_check_managed()
+        return super().create(vals_list)
+
+    def write(self, vals):
+        """Personal servers follow their owner's profile, not hand edits."""
+        if "ally_smtp_owner_id" in vals or self.filtered("ally_smtp_owner_id"):
+            self._ally_smtp_check_managed()
+        return super().write(vals)
+
+    def _ally_smtp_check_managed(self):
+        if not self.env.su:
+            raise AccessError(
+                _(
+                    "A personal mailbox is managed by ally_smtp: its owner changes "
+                    "it in My Profile."
+                )
+            )
+
     @api.model
     def _find_mail_server(self, email_from, mail_servers=None):
         """Never pick someone's personal mailbox for other mail (fallbacks)."""
@@ -110,7 +132,9 @@ class IrMailServer(models.Model):
         batch that ``mail.mail`` routing granted (its owner's own mail);
         everything else goes to ``super()``.
         """
-        server_id = kwargs.get("mail_server_id")
+        # however the caller passes it (by keyword or by position, over RPC too)
+        bound = inspect.signature(super().connect).bind_partial(*args, **kwargs)
+        server_id = bound.arguments.get("mail_server_id")
         server = self.sudo().browse(server_id).exists() if server_id else self.browse()
         if not server.ally_smtp_owner_id:
             return super().connect(*args, **kwargs)
@@ -130,7 +154,7 @@ class IrMailServer(models.Model):
             )
         if modules.module.current_test:
             return super().connect(*args, **kwargs)
-        return server._ally_smtp_connect(kwargs.get("smtp_from"))
+        return server._ally_smtp_connect(bound.arguments.get("smtp_from"))
 
     def _ally_smtp_connect(self, smtp_from):
         user = self.ally_smtp_owner_id
@@ -143,7 +167,7 @@ class IrMailServer(models.Model):
         try:
             connection = company._ally_smtp_open_smtp()
             try:
-                connection.login(self.smtp_user, user._ally_smtp_password())
+                connection.login(user.ally_smtp_email, user._ally_smtp_password())
             except BaseException:
                 connection.close()
                 raise

@@ -10,6 +10,22 @@ from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted
 _logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+CONTENT_FIELDS = {
+    "author_id",
+    "attachment_ids",
+    "body",
+    "body_html",
+    "email_cc",
+    "email_from",
+    "email_to",
+    "headers",
+    "mail_server_id",
+    "partner_ids",
+    "recipient_ids",
+    "references",
+    "reply_to",
+    "subject",
+}
 FIRST_DELAY = timedelta(minutes=5)
 
 
@@ -39,6 +55,22 @@ class MailMail(models.Model):
     ally_smtp_attempts = fields.Integer(
         "Delivery attempts", copy=False, readonly=True, default=0
     )
+
+    # what is sent: once someone but the author changed it, it is not the
+    # author's own mail any more and never leaves from the author's mailbox
+    ally_smtp_foreign_edit = fields.Boolean(copy=False, readonly=True)
+
+    def write(self, vals):
+        if CONTENT_FIELDS & vals.keys():
+            self._ally_smtp_note_foreign_edit()
+        return super().write(vals)
+
+    def _ally_smtp_note_foreign_edit(self):
+        if self.env.su:
+            return
+        foreign = self.sudo().filtered(lambda m: m.create_uid != self.env.user)
+        if foreign:
+            foreign.write({"ally_smtp_foreign_edit": True})
 
     def mark_outgoing(self):
         """A mail retried by hand gets its automatic attempts back."""
@@ -89,6 +121,7 @@ class MailMail(models.Model):
             server = by_user.get(user)
             own = (
                 server
+                and not mail.ally_smtp_foreign_edit
                 and mail.create_uid == user
                 and mail.author_id == user.partner_id
                 and user.ally_smtp_use_own

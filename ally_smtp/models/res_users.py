@@ -19,6 +19,15 @@ STATE_FIELDS = [
     "ally_smtp_password_set",
     "ally_smtp_available",
 ]
+# what only ally_smtp itself writes (a Test, a refused login, a server change)
+SYSTEM_FIELDS = {
+    "ally_smtp_state",
+    "ally_smtp_last_error",
+    "ally_smtp_tested_at",
+    "ally_smtp_sent_folder",
+    "ally_smtp_server_key",
+    "ally_smtp_password_crypt",
+}
 # a user's mailbox data: the owner and settings admins only
 PRIVATE_FIELDS = {
     "ally_smtp_use_own",
@@ -92,7 +101,7 @@ class ResUsers(models.Model):
             self.env.cr,
             "res_users_ally_smtp_email_company_uniq",
             self._table,
-            ["company_id", "lower(ally_smtp_email)"],
+            ["company_id", "lower(trim(ally_smtp_email))"],
         )
         return result
 
@@ -214,16 +223,21 @@ class ResUsers(models.Model):
         return super().create(vals_list)
 
     def write(self, vals):
+        if SYSTEM_FIELDS & vals.keys() and not self.env.su:
+            raise AccessError(
+                _("A mailbox's status is set by its owner's Test, not by hand.")
+            )
         if {"ally_smtp_email", "ally_smtp_password"} & vals.keys() or vals.get(
             "ally_smtp_use_own"
         ):
             self._ally_smtp_check_self()
         _normalize_address(vals)
         for user in self:
+            address = vals.get("ally_smtp_email")
+            if "company_id" in vals and "ally_smtp_email" not in vals:
+                address = user.sudo().ally_smtp_email  # moving to another company
             self._ally_smtp_check_address_free(
-                vals.get("ally_smtp_email"),
-                vals.get("company_id") or user.company_id.id,
-                user,
+                address, vals.get("company_id") or user.company_id.id, user
             )
         result = super().write(vals)
         if {"ally_smtp_use_own", "ally_smtp_email", "company_id", "name"} & vals.keys():
@@ -241,7 +255,7 @@ class ResUsers(models.Model):
                 [
                     ("id", "!=", user.id if user else False),
                     ("company_id", "=", company_id),
-                    ("ally_smtp_email", "=ilike", address.strip()),
+                    ("ally_smtp_email", "=", address.strip().lower()),
                 ],
                 limit=1,
             )

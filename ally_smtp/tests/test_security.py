@@ -82,6 +82,36 @@ class TestSecurity(AllySmtpCase):
         self.assertEqual(sent["login"], "carol@agency.test")
         self.assertEqual(self.alice_logins(), [])
 
+    def test_mail_changed_by_someone_else_leaves_the_mailbox(self):
+        """A colleague who may write the message (he may write the record)
+        changes Alice's queued mail: it is no longer hers to send as her."""
+        message = (
+            self.env["mail.message"]
+            .with_user(self.alice)
+            .create(
+                {
+                    "model": "res.partner",
+                    "res_id": self.student.id,
+                    "body": "Alice's words",
+                    "subject": "Alice's words",
+                    "author_id": self.alice.partner_id.id,
+                    "message_type": "comment",
+                }
+            )
+        )
+        self.env["mail.mail"].with_user(self.alice).sudo().create(
+            {
+                "mail_message_id": message.id,
+                "recipient_ids": [Command.link(self.student.id)],
+                "body_html": "<p>Alice's words</p>",
+            }
+        )
+        message.with_user(self.bob).write({"subject": "Forged by Bob"})
+        self.run_queue()
+        (sent,) = self.smtp.messages()
+        self.assertEqual(sent["login"], "carol@agency.test")
+        self.assertEqual(self.alice_logins(), [])
+
     def test_own_mail_still_uses_the_mailbox(self):
         with self.live():
             self.student.with_user(self.alice).message_post(
@@ -102,6 +132,12 @@ class TestSecurity(AllySmtpCase):
                     self.assertRaises(AccessError),
                 ):
                     Server.connect(mail_server_id=self.alice_server.id)
+                positional = [None] * 9 + [self.alice_server.id]
+                with (
+                    mute_logger("odoo.addons.ally_smtp.models.ir_mail_server"),
+                    self.assertRaises(AccessError),
+                ):
+                    Server.connect(*positional)
         self.assertEqual(self.smtp.state()["sessions"], [])
 
     def test_personal_servers_cannot_be_chosen(self):
@@ -133,6 +169,22 @@ class TestSecurity(AllySmtpCase):
         for who in (self.bob, editor):
             with self.assertRaises(AccessError):
                 self.env["ir.mail_server"].with_user(who).search([])
+
+    def test_admins_cannot_set_a_mailbox_status_or_edit_its_server(self):
+        admin_view = self.alice.with_user(self.admin)
+        for field, value in (
+            ("ally_smtp_state", "ok"),
+            ("ally_smtp_server_key", "elsewhere|465|ssl||True"),
+            ("ally_smtp_sent_folder", "Trash"),
+        ):
+            with self.subTest(field=field), self.assertRaises(AccessError):
+                admin_view.write({field: value})
+        with self.assertRaises(AccessError):
+            self.alice_server.with_user(self.admin).write({"smtp_user": "x@y.test"})
+        with self.assertRaises(AccessError):
+            self.company_server.with_user(self.admin).write(
+                {"ally_smtp_owner_id": self.alice.id}
+            )
 
     def test_one_owner_per_mailbox(self):
         for address in ("alice@agency.test", "ALICE@Agency.test "):
