@@ -58,7 +58,9 @@ class MailMail(models.Model):
 
     # what is sent: once someone but the author changed it, it is not the
     # author's own mail any more and never leaves from the author's mailbox
-    ally_smtp_foreign_edit = fields.Boolean(copy=False, readonly=True)
+    ally_smtp_foreign_edit = fields.Boolean(
+        "Changed by someone else", copy=False, readonly=True
+    )
 
     def write(self, vals):
         if CONTENT_FIELDS & vals.keys():
