@@ -54,6 +54,10 @@ class SmtpServer:
     def autosave(self, on=True):
         self._call("/config", {"autosave": on})
 
+    def deliver(self, on=True):
+        """Off: record messages without delivering them (benchmarks)."""
+        self._call("/config", {"deliver": on})
+
     def state(self):
         return self._call("/state")
 
