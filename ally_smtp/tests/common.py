@@ -4,7 +4,7 @@ import contextlib
 import uuid
 from unittest.mock import patch
 
-from odoo import modules
+from odoo import Command, modules
 from odoo.tests import TransactionCase, new_test_user
 
 from ..lib import mailbox
@@ -117,6 +117,40 @@ class AllySmtpMixin:
         """Activate pt_BR and load its terms for the modules of the domain."""
         cls.env["res.lang"]._activate_lang("pt_BR")
         cls.env["ir.module.module"].search(modules_domain)._update_translations("pt_BR")
+
+    def queue(self, user, subject, partner=None):
+        """A mail written by ``user``, left in the queue for the cron."""
+        message = (
+            self.env["mail.message"]
+            .with_user(user)
+            .create(
+                {
+                    "model": "res.partner",
+                    "res_id": (partner or self.student).id,
+                    "body": subject,
+                    "subject": subject,
+                    "author_id": user.partner_id.id,
+                    "email_from": user.email_formatted,
+                    "message_type": "comment",
+                }
+            )
+        )
+        return (
+            self.env["mail.mail"]
+            .with_user(user)
+            .sudo()
+            .create(
+                {
+                    "mail_message_id": message.id,
+                    "recipient_ids": [Command.link((partner or self.student).id)],
+                    "body_html": f"<p>{subject}</p>",
+                }
+            )
+        )
+
+    def run_queue(self):
+        with self.live():
+            self.env["mail.mail"].process_email_queue()
 
     @contextlib.contextmanager
     def live(self):

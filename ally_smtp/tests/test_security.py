@@ -35,10 +35,6 @@ class TestSecurity(AllySmtpCase):
     def alice_logins(self):
         return self.smtp.auth_attempts("alice@agency.test")
 
-    def run_queue(self):
-        with self.live():
-            self.env["mail.mail"].process_email_queue()
-
     def test_forged_server_on_a_post_is_refused(self):
         for values in ({}, {"author_id": self.alice.partner_id.id}):
             with self.subTest(**values), self.assertRaises(ValidationError):
@@ -85,27 +81,7 @@ class TestSecurity(AllySmtpCase):
     def test_mail_changed_by_someone_else_leaves_the_mailbox(self):
         """A colleague who may write the message (he may write the record)
         changes Alice's queued mail: it is no longer hers to send as her."""
-        message = (
-            self.env["mail.message"]
-            .with_user(self.alice)
-            .create(
-                {
-                    "model": "res.partner",
-                    "res_id": self.student.id,
-                    "body": "Alice's words",
-                    "subject": "Alice's words",
-                    "author_id": self.alice.partner_id.id,
-                    "message_type": "comment",
-                }
-            )
-        )
-        self.env["mail.mail"].with_user(self.alice).sudo().create(
-            {
-                "mail_message_id": message.id,
-                "recipient_ids": [Command.link(self.student.id)],
-                "body_html": "<p>Alice's words</p>",
-            }
-        )
+        message = self.queue(self.alice, "Alice's words").mail_message_id
         message.with_user(self.bob).write({"subject": "Forged by Bob"})
         self.run_queue()
         (sent,) = self.smtp.messages()

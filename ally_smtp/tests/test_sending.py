@@ -4,7 +4,7 @@ import email
 import logging
 from datetime import timedelta
 
-from odoo import Command, fields
+from odoo import fields
 from odoo.tests import new_test_user, tagged
 
 from .common import AllySmtpCase, Mailbox, free_port
@@ -39,40 +39,6 @@ class TestSending(AllySmtpCase):
                 message_type="comment",
                 subtype_xmlid="mail.mt_comment",
             )
-
-    def queue(self, user, subject, partner=None):
-        """A mail written by ``user``, left in the queue for the cron."""
-        message = (
-            self.env["mail.message"]
-            .with_user(user)
-            .create(
-                {
-                    "model": "res.partner",
-                    "res_id": (partner or self.student).id,
-                    "body": subject,
-                    "subject": subject,
-                    "author_id": user.partner_id.id,
-                    "email_from": user.email_formatted,
-                    "message_type": "comment",
-                }
-            )
-        )
-        return (
-            self.env["mail.mail"]
-            .with_user(user)
-            .sudo()
-            .create(
-                {
-                    "mail_message_id": message.id,
-                    "recipient_ids": [Command.link((partner or self.student).id)],
-                    "body_html": f"<p>{subject}</p>",
-                }
-            )
-        )
-
-    def run_queue(self):
-        with self.live():
-            self.env["mail.mail"].process_email_queue()
 
     def file_copies(self):
         with self.live():

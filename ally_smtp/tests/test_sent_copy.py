@@ -9,7 +9,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 from unittest.mock import patch
 
-from odoo import SUPERUSER_ID, Command, api, fields, modules
+from odoo import SUPERUSER_ID, api, fields, modules
 from odoo.tests import TransactionCase, new_test_user, tagged
 
 from ..lib import mailbox
@@ -52,39 +52,6 @@ class TestSentCopy(AllySmtpCase):
                 subtype_xmlid="mail.mt_comment",
                 **kwargs,
             )
-
-    def queue(self, user, subject):
-        message = (
-            self.env["mail.message"]
-            .with_user(user)
-            .create(
-                {
-                    "model": "res.partner",
-                    "res_id": self.student.id,
-                    "body": subject,
-                    "subject": subject,
-                    "author_id": user.partner_id.id,
-                    "email_from": user.email_formatted,
-                    "message_type": "comment",
-                }
-            )
-        )
-        return (
-            self.env["mail.mail"]
-            .with_user(user)
-            .sudo()
-            .create(
-                {
-                    "mail_message_id": message.id,
-                    "recipient_ids": [Command.link(self.student.id)],
-                    "body_html": f"<p>{subject}</p>",
-                }
-            )
-        )
-
-    def run_queue(self):
-        with self.live():
-            self.env["mail.mail"].process_email_queue()
 
     def file_copies(self):
         with self.live():
