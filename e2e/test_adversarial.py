@@ -167,11 +167,14 @@ ADMIN_MAY = {
 @pytest.mark.parametrize("route", sorted(ROUTES))
 @pytest.mark.parametrize("who", ["bob", "paula", "sam"])
 def test_route_is_refused(world, who, route):
+    before = len(world.smtp.auth_attempts(ANA))
     if who == "sam" and route in ADMIN_MAY:
         ROUTES[route](world, who)
     else:
         refused(lambda: ROUTES[route](world, who))
     assert_only_anas_own_mail(world)
+    # not one login attempt as Ana, even a failed one, for this route
+    assert len(world.smtp.auth_attempts(ANA)) == before
 
 
 def test_anonymous_caller_gets_nothing(world):
