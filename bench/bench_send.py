@@ -21,6 +21,7 @@ from odoo.addons.ally_smtp.tests.common import (
     company_values,
     harness,
 )
+from odoo.addons.ally_smtp.tests.servers import agency_server_values
 
 MAILS = 500
 ROUNDS = 12  # four full rotations of the three paths
@@ -170,15 +171,7 @@ class BenchQueueRun(TransactionCase):
             saved.pop("id")
             company.write(values)
             server = env["ir.mail_server"].create(
-                {
-                    "name": "agency (bench)",
-                    "smtp_host": self.info["smtp"]["host"],
-                    "smtp_port": self.info["smtp"]["ports"]["ssl"],
-                    "smtp_encryption": "ssl",
-                    "smtp_authentication": "login",
-                    "smtp_user": "carol@agency.test",
-                    "smtp_pass": self.info["mailboxes"]["carol@agency.test"],
-                }
+                agency_server_values(self.info, "agency (bench)")
             )
             admin = env.ref("base.user_admin")
             admin.with_user(admin).write(

@@ -83,19 +83,7 @@ class World:
             },
         )
         admin("ir.config_parameter", "set_param", "ally_smtp.timeout", "5")
-        admin(
-            "ir.mail_server",
-            "create",
-            {
-                "name": "agency",
-                "smtp_host": info["smtp"]["host"],
-                "smtp_port": info["smtp"]["ports"]["ssl"],
-                "smtp_encryption": "ssl",
-                "smtp_authentication": "login",
-                "smtp_user": "carol@agency.test",
-                "smtp_pass": info["mailboxes"]["carol@agency.test"],
-            },
-        )
+        admin("ir.mail_server", "create", servers.agency_server_values(info))
         self.users, self.rpc = {}, {}
         for login, (mailbox, groups) in PEOPLE.items():
             self.users[login] = admin(

@@ -9,7 +9,7 @@ from odoo.tests import TransactionCase, new_test_user
 
 from ..lib import mailbox
 from . import servers
-from .servers import SmtpServer, free_port, harness
+from .servers import SmtpServer, agency_server_values, free_port, harness
 
 __all__ = ["AllySmtpCase", "AllySmtpMixin", "Mailbox", "SmtpServer", "free_port"]
 
@@ -100,17 +100,7 @@ class AllySmtpMixin:
     @classmethod
     def agency_server(cls):
         """Odoo's ordinary ir.mail_server, logged in as the agency (carol)."""
-        return cls.env["ir.mail_server"].create(
-            {
-                "name": "agency",
-                "smtp_host": cls.harness["smtp"]["host"],
-                "smtp_port": cls.harness["smtp"]["ports"]["ssl"],
-                "smtp_encryption": "ssl",
-                "smtp_authentication": "login",
-                "smtp_user": "carol@agency.test",
-                "smtp_pass": cls.harness["mailboxes"]["carol@agency.test"],
-            }
-        )
+        return cls.env["ir.mail_server"].create(agency_server_values(cls.harness))
 
     @classmethod
     def load_portuguese(cls, modules_domain):

@@ -29,6 +29,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def agency_server_values(info, name="agency"):
+    """Odoo's ordinary ir.mail_server on the harness, logged in as carol."""
+    return {
+        "name": name,
+        "smtp_host": info["smtp"]["host"],
+        "smtp_port": info["smtp"]["ports"]["ssl"],
+        "smtp_encryption": "ssl",
+        "smtp_authentication": "login",
+        "smtp_user": "carol@agency.test",
+        "smtp_pass": info["mailboxes"]["carol@agency.test"],
+    }
+
+
 class SmtpServer:
     """Client of the harness SMTP server's control API."""
 
