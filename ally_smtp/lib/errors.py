@@ -4,11 +4,67 @@ import imaplib
 import smtplib
 import socket
 import ssl
+from datetime import timedelta
 
 from .mailbox import FolderMissing, TooBig
+from .pacing import DAY, HOUR
 
-# kinds drive the send path: stop using credentials, retry later, or give up
+# kinds drive the send path: stop using credentials, retry later, give up, or
+# pause the mailbox until the provider's window reopens (a quota)
 AUTH, TEMPORARY, PERMANENT, CONFIG = "auth", "temporary", "permanent", "config"
+QUOTA = "quota"
+
+# Replies that mean "this mailbox sent too much": (status code, words that must
+# all appear, lower case; the window that must reopen). First match wins.
+QUOTAS = [
+    # Gmail, "550 5.4.5 Daily user sending limit exceeded" (Google Workspace
+    # Admin Help, "Gmail sending limits in Google Workspace", answer 166852)
+    ("5.4.5", (), DAY),
+    # Microsoft 365, "554 5.2.0 STOREDRV.Submission.Exception:
+    # SubmissionQuotaExceededException" (Exchange Online limits, sending limits)
+    ("", ("submissionquotaexceeded",), DAY),
+    # iCloud, "550 5.7.1 ... daily sending limit" (Apple, "Mail sending limits")
+    ("", ("daily", "limit"), DAY),
+    # cPanel/Exim (HostGator, KingHost, ...): "550 Domain example.com has
+    # exceeded the max emails per hour (500/500 (100%)) allowed"
+    ("", ("per hour",), HOUR),
+    # Microsoft 365, "432 4.3.2 Concurrent connections limit exceeded" and
+    # "... sender thread limit exceeded" (Exchange Online limits: 3 sessions)
+    ("4.3.2", (), timedelta(minutes=5)),
+    # Gmail, "454 4.7.0 Too many login attempts, please try again later" and
+    # "421 4.7.0 ... unusual rate" (Gmail SMTP errors and codes, answer 3726730)
+    ("4.7.0", ("too many",), timedelta(minutes=30)),
+    ("4.7.0", ("rate",), timedelta(minutes=30)),
+    # any other server: its words for a sending quota or rate
+    ("", ("quota",), HOUR),
+    ("", ("rate limit",), timedelta(minutes=15)),
+    ("", ("sending limit",), HOUR),
+    ("", ("limit exceeded",), HOUR),
+]
+# about one message or one recipient's full mailbox ("452 4.2.2 The email
+# account that you tried to reach is over quota"), not about the sender
+NOT_QUOTA = ("size", "5.3.4", "too many recipients", "4.5.3", "5.5.3", "4.2.2", "5.2.2")
+
+
+def quota_window(reply):
+    """The window a quota ``reply`` (text of an SMTP reply) asks to wait, or None."""
+    lower = reply.lower()
+    if any(word in lower for word in NOT_QUOTA):
+        return None
+    for code, words, window in QUOTAS:
+        if (not code or code in reply) and all(word in lower for word in words):
+            return window
+    return None
+
+
+def pause_window(exc):
+    """The window an exception from an SMTP server asks to wait, or None."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        code, text = next(iter(exc.recipients.values()))
+        exc = smtplib.SMTPResponseException(code, text)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return quota_window(_reply(exc))
+    return None
 
 
 def _reply(exc):
@@ -41,6 +97,16 @@ def _classify_reply(env, exc, host, login):
     _ = env._
     reply = _reply(exc)
     lower = reply.lower()
+    if quota_window(reply):
+        # before the password: "454 4.7.0 Too many login attempts" is no
+        # wrong password, and a quota is never the user's fault
+        return QUOTA, _(
+            "The mailbox %(login)s reached its provider's sending limit "
+            "(%(reply)s). Its mail waits and leaves by itself once the limit "
+            "allows it again.",
+            login=login,
+            reply=reply,
+        )
     if (
         "5.7.139" in reply
         and "basic authentication is disabled" in lower
@@ -87,12 +153,6 @@ def _classify_reply(env, exc, host, login):
             "the mailbox password again (not your Odoo password) and test it; "
             "ally_smtp will not try this password again until you do.",
             login=login,
-            reply=reply,
-        )
-    if "quota" in lower or "limit" in lower:
-        return TEMPORARY, _(
-            "The mailbox reached its sending limit (%(reply)s). Wait before "
-            "sending more; the mails stay queued.",
             reply=reply,
         )
     if 400 <= exc.smtp_code < 500:

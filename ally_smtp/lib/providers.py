@@ -46,13 +46,32 @@ PRESETS = {
     "cpanel": ("", 465, "ssl", "", 993, "always"),
 }
 
+# (per minute, per hour, per day, recipients per day); 0 = no limit known.
+# Sources: shared PROVIDERS.md "Limits" (Google Workspace 2,000/day, consumer
+# Gmail about 500/day; Microsoft 365 30/minute and 10,000 recipients/day;
+# iCloud 1,000/day; HostGator 500/hour; Hostinger from 1,000/day by plan).
+# Outlook.com runs on Exchange Online, whose per-minute limit it shares.
+LIMITS = {
+    "gmail": (0, 0, 2000, 0),
+    "microsoft365": (30, 0, 0, 10000),
+    "outlook": (30, 0, 0, 0),
+    "icloud": (0, 0, 1000, 0),
+    "hostgator": (0, 500, 0, 0),
+    "hostinger": (0, 0, 1000, 0),
+}
+
 
 def preset_values(provider):
     """The ``res.company`` values a preset fills, or ``{}`` for custom."""
     if provider not in PRESETS:
         return {}
     host, port, encryption, imap_host, imap_port, sent_copy = PRESETS[provider]
+    minute, hour, day, recipients = LIMITS.get(provider, (0, 0, 0, 0))
     return {
+        "ally_smtp_limit_minute": minute,
+        "ally_smtp_limit_hour": hour,
+        "ally_smtp_limit_day": day,
+        "ally_smtp_limit_recipients_day": recipients,
         "ally_smtp_host": host,
         "ally_smtp_port": port,
         "ally_smtp_encryption": encryption,

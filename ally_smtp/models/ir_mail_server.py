@@ -65,11 +65,16 @@ class AllySmtpDeliveryError(MailDeliveryException):
     """A personal mailbox failed; its text says what to fix."""
 
 
-def _failed(user, kind, message):
-    """Remember why ``user``'s mail failed until ``mail.mail`` post-processes it."""
+def _failed(user, kind, message, exc=None):
+    """Remember why ``user``'s mail failed until ``mail.mail`` post-processes it.
+
+    A quota reply (``exc``) pauses the mailbox for the window it names.
+    """
     user.env.cr.postcommit.data.setdefault(FAILURES, {})[user.id] = kind
     if kind == errors.AUTH:
         user._ally_smtp_auth_failed(message)
+    if kind == errors.QUOTA and exc is not None:
+        user._ally_smtp_pause(errors.pause_window(exc), message)
     error = AllySmtpDeliveryError(message)
     error.ally_smtp_kind = kind
     return error
@@ -174,10 +179,11 @@ class IrMailServer(models.Model):
         except Exception as exc:  # noqa: BLE001 - every failure gets a message
             kind, message = errors.classify(env, exc, host, port, self.smtp_user)
             _logger.info("ally_smtp: user %s cannot send: %s", user.id, exc)
-            raise _failed(user, kind, message) from None
+            raise _failed(user, kind, message, exc) from None
         connection.from_filter = self.from_filter
         connection.smtp_from = smtp_from
         connection.ally_smtp_owner = user
+        connection.ally_smtp_paused = False
         return connection
 
     def send_email(self, message, *args, **kwargs):
@@ -186,12 +192,18 @@ class IrMailServer(models.Model):
         owner = getattr(session, "ally_smtp_owner", None)
         if not owner:
             return super().send_email(message, *args, **kwargs)
+        if session.ally_smtp_paused:
+            # the provider said "too much" earlier in this session: the rest of
+            # the batch waits without asking it again
+            raise _failed(owner, errors.QUOTA, session.ally_smtp_paused)
         try:
             result = super().send_email(message, *args, **kwargs)
         except (MailDeliveryException, smtplib.SMTPServerDisconnected) as exc:
             cause = exc.__context__ or exc
             env = self.with_context(lang=owner.lang).env
             kind, text = errors.classify(env, cause, login=owner.ally_smtp_email)
-            raise _failed(owner, kind, text) from exc
+            if kind == errors.QUOTA:
+                session.ally_smtp_paused = text
+            raise _failed(owner, kind, text, cause) from exc
         self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_record(session, message)
         return result

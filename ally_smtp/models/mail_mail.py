@@ -1,10 +1,11 @@
+import itertools
 import logging
 from collections import defaultdict
 from datetime import timedelta
 
 from odoo import fields, models, tools
 
-from ..lib import errors
+from ..lib import errors, pacing
 from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted
 
 _logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ CONTENT_FIELDS = {
     "subject",
 }
 FIRST_DELAY = timedelta(minutes=5)
+# pg_try_advisory_xact_lock(PACING_LOCK, user id): one worker paces a mailbox
+PACING_LOCK = 0x41534D54
 
 
 class _RetriesQuietly(logging.Filter):
@@ -37,10 +40,9 @@ class _RetriesQuietly(logging.Filter):
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
-        if (
-            isinstance(exc, AllySmtpDeliveryError)
-            and getattr(exc, "ally_smtp_kind", None) == errors.TEMPORARY
-        ):
+        if isinstance(exc, AllySmtpDeliveryError) and getattr(
+            exc, "ally_smtp_kind", None
+        ) in (errors.TEMPORARY, errors.QUOTA):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
         return True
@@ -82,8 +84,12 @@ class MailMail(models.Model):
     def _split_by_mail_configuration(self):
         """Mail written by a user with their own mailbox goes through it.
 
-        One batch (so one SMTP session) per user; the rest follows Odoo. The
-        session of a personal server can only be opened inside ``granted()``.
+        One batch (so one SMTP session) per user and ``mail.session.batch.size``
+        mails, within the limits of the user's mailbox (``_ally_smtp_pace``);
+        the rest follows Odoo. The mailbox with the fewest mails goes first,
+        and a mailbox's next batch waits for every other mailbox's batch: one
+        busy consultant does not hold up the others. The session of a personal
+        server can only be opened inside ``granted()``.
         """
         personal = self._ally_smtp_personal_servers()
         others = self.filtered(lambda mail: mail.id not in personal)
@@ -96,13 +102,84 @@ class MailMail(models.Model):
             self.env["ir.config_parameter"].sudo().get_param("mail.session.batch.size")
             or 1000
         )
+        queues = []
         for server, mail_ids in by_server.items():
-            user = server.ally_smtp_owner_id
-            smtp_from = tools.formataddr((user.name, server.from_filter))
-            for batch_ids in tools.split_every(size, mail_ids):
+            mails = self.browse(mail_ids)._ally_smtp_pace(server.ally_smtp_owner_id)
+            if mails:
+                queues.append((server, list(tools.split_every(size, mails.ids))))
+        queues.sort(key=lambda queue: sum(map(len, queue[1])))
+        for batches in itertools.zip_longest(*(queue[1] for queue in queues)):
+            for (server, _queue), batch_ids in zip(queues, batches, strict=True):
+                if not batch_ids:
+                    continue
+                user = server.ally_smtp_owner_id
+                smtp_from = tools.formataddr((user.name, server.from_filter))
                 with granted(server):
                     # no alias domain: the envelope must stay the user's mailbox
                     yield server.id, False, smtp_from, list(batch_ids)
+
+    def _ally_smtp_pace(self, user):
+        """The mails of ``user``'s mailbox that go now, in order; the others
+        wait, queued, for the window their mailbox's limits leave them.
+
+        What goes is logged at once (one row): a mailbox is paced by one worker
+        at a time, and the next one sees what this one gave it to send.
+        """
+        now = fields.Datetime.now()
+        mails = self.sudo()
+        user = user.sudo()
+        until = user.ally_smtp_paused_until
+        if until and until > now:
+            mails._ally_smtp_wait(until, user.ally_smtp_pause_reason)
+            return self.browse()
+        cr = self.env.cr
+        cr.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [PACING_LOCK, user.id])
+        if not cr.fetchone()[0]:
+            # another worker is sending this mailbox's share now: its mails stay
+            # queued for the next queue run
+            self.env.ref("mail.ir_cron_mail_scheduler_action")._trigger(
+                at=now + pacing.MINUTE
+            )
+            return self.browse()
+        Log = self.env["ally.smtp.send.log"].sudo()
+        sizes = [mail._ally_smtp_size() for mail in mails]
+        limits = user.company_id._ally_smtp_limits()
+        history = Log._ally_smtp_history(user, now)
+        count, reopens = pacing.plan(limits, history, now, sizes)
+        if count:
+            Log.create(
+                {
+                    "user_id": user.id,
+                    "sent_at": now,
+                    "messages": sum(size[0] for size in sizes[:count]),
+                    "recipients": sum(size[1] for size in sizes[:count]),
+                }
+            )
+        if reopens:
+            reason = user.with_context(lang=user.lang)._ally_smtp_pacing_reason(
+                limits, reopens
+            )
+            mails[count:]._ally_smtp_wait(reopens, reason)
+        return self.browse(mails[:count].ids)
+
+    def _ally_smtp_size(self):
+        """``(messages, recipients)``: Odoo sends one message per recipient
+        partner, plus one to the mail's To and Cc addresses."""
+        self.ensure_one()
+        listed = len(tools.email_split(self.email_to or "")) + len(
+            tools.email_split(self.email_cc or "")
+        )
+        partners = len(self.recipient_ids)
+        return max(partners + bool(listed), 1), max(partners + listed, 1)
+
+    def _ally_smtp_wait(self, until, reason):
+        """Keep these mails queued until ``until``, saying why; no attempt is
+        counted: waiting for a window is no failure."""
+        self.sudo().write(
+            {"state": "outgoing", "scheduled_date": until, "failure_reason": reason}
+        )
+        self._ally_smtp_notifications_ready()
+        self.env.ref("mail.ir_cron_mail_scheduler_action")._trigger(at=until)
 
     def _ally_smtp_personal_servers(self):
         """``{mail id: personal ir.mail_server}`` for the mails to reroute.
@@ -172,6 +249,15 @@ class MailMail(models.Model):
             user.id: failures.pop(user.id) for user in users if user.id in failures
         }
         retry = tired = self.browse()
+        waiting = self.filtered(
+            lambda mail: (
+                kinds.get(mail.sudo().mail_message_id.create_uid.id) == errors.QUOTA
+            )
+        )
+        for mail in waiting:
+            user = mail.sudo().mail_message_id.create_uid
+            until = user.ally_smtp_paused_until or fields.Datetime.now() + pacing.HOUR
+            mail._ally_smtp_wait(until, user.ally_smtp_pause_reason or failure_reason)
         if kinds and failure_type in ("mail_smtp", "unknown"):
             temporary = self.filtered(
                 lambda mail: (
@@ -192,7 +278,7 @@ class MailMail(models.Model):
                 mail.ally_smtp_attempts + 1,
                 failure_reason,
             )
-        return super(MailMail, self - retry)._postprocess_sent_message(
+        return super(MailMail, self - retry - waiting)._postprocess_sent_message(
             success_pids, failure_reason=failure_reason, failure_type=failure_type
         )
 
@@ -208,6 +294,10 @@ class MailMail(models.Model):
                 }
             )
             cron._trigger(at=when)
+        self._ally_smtp_notifications_ready()
+
+    def _ally_smtp_notifications_ready(self):
+        """The recipients of mails that wait show "Ready", not an error."""
         self.env["mail.notification"].sudo().search(
             [
                 ("mail_mail_id", "in", self.ids),

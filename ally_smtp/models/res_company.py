@@ -81,12 +81,53 @@ class ResCompany(models.Model):
         "waits for the author. On: it leaves from the agency's server, and the "
         "record's chatter says so.",
     )
+    # a mailbox's sending limits at the provider (0: none); ally_smtp paces
+    # each mailbox within them
+    ally_smtp_limit_minute = fields.Integer(
+        "Messages per minute", help="Per mailbox. 0: no limit."
+    )
+    ally_smtp_limit_hour = fields.Integer(
+        "Messages per hour", help="Per mailbox. 0: no limit."
+    )
+    ally_smtp_limit_day = fields.Integer(
+        "Messages per day",
+        help="Per mailbox, over the last 24 hours. 0: no limit. Google "
+        "Workspace allows 2,000, a free Gmail account about 500.",
+    )
+    ally_smtp_limit_recipients_day = fields.Integer(
+        "Recipients per day",
+        help="Per mailbox, over the last 24 hours. 0: no limit. Microsoft 365 "
+        "allows 10,000.",
+    )
     ally_smtp_integrated = fields.Boolean(
         "Integrated", compute="_compute_ally_smtp_integrated", store=True
     )
     ally_smtp_integrated_at = fields.Datetime(
         "Integrated on", compute="_compute_ally_smtp_integrated", store=True
     )
+
+    @api.constrains(
+        "ally_smtp_limit_minute",
+        "ally_smtp_limit_hour",
+        "ally_smtp_limit_day",
+        "ally_smtp_limit_recipients_day",
+    )
+    def _check_ally_smtp_limits(self):
+        for company in self:
+            if min(company._ally_smtp_limits().values()) < 0:
+                raise ValidationError(
+                    _("A sending limit is a number of messages, or 0 for none.")
+                )
+
+    def _ally_smtp_limits(self):
+        """``{limit name: number}`` as ``lib.pacing`` reads them."""
+        self.ensure_one()
+        return {
+            "minute": self.ally_smtp_limit_minute,
+            "hour": self.ally_smtp_limit_hour,
+            "day": self.ally_smtp_limit_day,
+            "recipients_day": self.ally_smtp_limit_recipients_day,
+        }
 
     @api.constrains(
         "ally_smtp_enabled",

@@ -34,6 +34,18 @@ class ResConfigSettings(models.TransientModel):
     ally_smtp_fallback = fields.Boolean(
         related="company_id.ally_smtp_fallback", readonly=False
     )
+    ally_smtp_limit_minute = fields.Integer(
+        related="company_id.ally_smtp_limit_minute", readonly=False
+    )
+    ally_smtp_limit_hour = fields.Integer(
+        related="company_id.ally_smtp_limit_hour", readonly=False
+    )
+    ally_smtp_limit_day = fields.Integer(
+        related="company_id.ally_smtp_limit_day", readonly=False
+    )
+    ally_smtp_limit_recipients_day = fields.Integer(
+        related="company_id.ally_smtp_limit_recipients_day", readonly=False
+    )
     ally_smtp_integrated = fields.Boolean(related="company_id.ally_smtp_integrated")
     ally_smtp_integrated_at = fields.Datetime(
         related="company_id.ally_smtp_integrated_at"

@@ -5,7 +5,7 @@ from odoo import _, api, fields, models, tools
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import email_normalize, email_split
 
-from ..lib import actions, crypto, errors, mailbox
+from ..lib import actions, crypto, errors, mailbox, pacing
 
 _logger = logging.getLogger(__name__)
 
@@ -18,6 +18,9 @@ STATE_FIELDS = [
     "ally_smtp_sent_folder",
     "ally_smtp_password_set",
     "ally_smtp_available",
+    "ally_smtp_paused_until",
+    "ally_smtp_pause_reason",
+    "ally_smtp_paused",
 ]
 # what only ally_smtp itself writes (a Test, a refused login, a server change)
 SYSTEM_FIELDS = {
@@ -27,6 +30,8 @@ SYSTEM_FIELDS = {
     "ally_smtp_sent_folder",
     "ally_smtp_server_key",
     "ally_smtp_password_crypt",
+    "ally_smtp_paused_until",
+    "ally_smtp_pause_reason",
 }
 # a user's mailbox data: the owner and settings admins only
 PRIVATE_FIELDS = {
@@ -38,6 +43,9 @@ PRIVATE_FIELDS = {
     "ally_smtp_sent_folder",
     "ally_smtp_password_set",
     "ally_smtp_server_key",
+    "ally_smtp_paused_until",
+    "ally_smtp_pause_reason",
+    "ally_smtp_paused",
 }
 
 
@@ -89,6 +97,18 @@ class ResUsers(models.Model):
         "Sent folder", copy=False, readonly=True, prefetch="ally_smtp"
     )
     ally_smtp_available = fields.Boolean(compute="_compute_ally_smtp_available")
+    # the provider said the mailbox sent too much: its mail waits until then
+    ally_smtp_paused_until = fields.Datetime(
+        "Sending paused until", copy=False, readonly=True, prefetch="ally_smtp"
+    )
+    ally_smtp_pause_reason = fields.Text(
+        "Why sending is paused", copy=False, readonly=True, prefetch="ally_smtp"
+    )
+    ally_smtp_paused = fields.Boolean(
+        "Sending paused",
+        compute="_compute_ally_smtp_paused",
+        search="_search_ally_smtp_paused",
+    )
     # the agency server the password was given or tested for (see res.company)
     ally_smtp_server_key = fields.Char(
         "Server the password is for", copy=False, groups="base.group_system"
@@ -321,6 +341,105 @@ class ResUsers(models.Model):
                 "message": message,
             },
         )
+
+    @api.depends("ally_smtp_paused_until")
+    def _compute_ally_smtp_paused(self):
+        now = fields.Datetime.now()
+        for user in self:
+            until = user.sudo().ally_smtp_paused_until
+            user.ally_smtp_paused = bool(until and until > now)
+
+    def _search_ally_smtp_paused(self, operator, value):
+        if operator not in ("=", "!=") or not isinstance(value, bool):
+            raise UserError(_("Unsupported search on 'Sending paused'."))
+        paused = [("ally_smtp_paused_until", ">", fields.Datetime.now())]
+        if (operator == "=") == value:
+            return paused
+        return ["!", *paused]
+
+    def action_ally_smtp_resume(self):
+        """Admins: send a paused mailbox's waiting mail now."""
+        if not self.env.user.has_group("base.group_system"):
+            raise AccessError(_("Only a settings administrator can do this."))
+        users = self.sudo()
+        users.write({"ally_smtp_paused_until": False, "ally_smtp_pause_reason": False})
+        mails = (
+            self.env["mail.mail"]
+            .sudo()
+            .search(
+                [
+                    ("state", "=", "outgoing"),
+                    ("mail_message_id.create_uid", "in", users.ids),
+                    ("scheduled_date", ">", fields.Datetime.now()),
+                    ("ally_smtp_attempts", "=", 0),
+                ]
+            )
+        )
+        mails.write({"scheduled_date": fields.Datetime.now(), "failure_reason": False})
+        self.env.ref("mail.ir_cron_mail_scheduler_action").sudo()._trigger()
+
+    def _ally_smtp_pause(self, window, reason):
+        """The provider says the mailbox sent too much: wait for its window.
+
+        A window of up to an hour is waited whole. A day is waited until the
+        oldest mail ally_smtp sent in it leaves it, counting only mail sent
+        over an hour ago, and at least an hour: the provider also counts mail
+        sent from elsewhere, and asking again once an hour is no loop.
+        """
+        self.ensure_one()
+        now = fields.Datetime.now()
+        until = now + min(window, pacing.HOUR)
+        history = self.env["ally.smtp.send.log"]._ally_smtp_history(self, now)
+        older = [row[0] for row in history if row[0] <= now - pacing.HOUR]
+        if older and window > pacing.HOUR:
+            until = max(until, older[0] + window)
+        self.sudo().write(
+            {"ally_smtp_paused_until": until, "ally_smtp_pause_reason": reason}
+        )
+        _logger.info("ally_smtp: mailbox of user %s paused until %s", self.id, until)
+        user = self.with_context(lang=self.lang, tz=self.tz or "UTC")
+        self.env["bus.bus"]._sendone(
+            self.partner_id,
+            "simple_notification",
+            {
+                "type": "warning",
+                "sticky": True,
+                "title": user.env._("Your mail is waiting"),
+                "message": user.env._(
+                    "%(reason)s Sending resumes at about %(time)s.",
+                    reason=reason,
+                    time=user._ally_smtp_local_time(until),
+                ),
+            },
+        )
+        return until
+
+    def _ally_smtp_pacing_reason(self, limits, until):
+        """Why this user's mail waits for its mailbox's ``limits``."""
+        _ = self.env._
+        names = {
+            "minute": lambda count: _("%(count)s messages per minute", count=count),
+            "hour": lambda count: _("%(count)s messages per hour", count=count),
+            "day": lambda count: _("%(count)s messages per day", count=count),
+            "recipients_day": lambda count: _(
+                "%(count)s recipients per day", count=count
+            ),
+        }
+        described = [names[name](count) for name, count in limits.items() if count]
+        return _(
+            "Waiting for the sending limits of the mailbox %(address)s (%(limits)s): "
+            "it leaves by itself at about %(time)s.",
+            address=self.sudo().ally_smtp_email,
+            limits=", ".join(described),
+            time=self._ally_smtp_local_time(until),
+        )
+
+    def _ally_smtp_local_time(self, when):
+        """``when`` as the user reads it: HH:MM in their time zone."""
+        local = fields.Datetime.context_timestamp(
+            self.with_context(tz=self.tz or "UTC"), when
+        )
+        return local.strftime("%H:%M")
 
     def _ally_smtp_check_self(self):
         """Only the user sets up their own mailbox; admins may only turn it off."""
