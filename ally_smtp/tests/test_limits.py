@@ -30,6 +30,9 @@ class TestLimits(AllySmtpCase):
 
     def setUp(self):
         super().setUp()
+        # no fault here is a silent server: allow Dovecot's delay after the
+        # wrong passwords other tests give (it checks the harness's AUTH)
+        self.env["ir.config_parameter"].set_param("ally_smtp.timeout", "20")
         self.clock = freeze_time(NOW, tick=True)
         self.clock.start()
         self.addCleanup(self.clock.stop)
@@ -213,6 +216,20 @@ class TestLimits(AllySmtpCase):
         self.assertEqual(mail.state, "sent")
         self.assertEqual(self.subjects(), {"resume": 1})
 
+    def test_waiting_is_explained_in_portuguese(self):
+        self.load_portuguese([("name", "=", "ally_smtp")])
+        self.alice.lang = "pt_BR"
+        self.company.ally_smtp_limit_minute = 1
+        paced = [self.queue(self.alice, f"pt {n}") for n in range(2)]
+        self.run_queue()
+        self.assertIn("(1 mensagens por minuto): sai sozinho", paced[1].failure_reason)
+
+        self.later(minutes=2)
+        self.smtp.fail("DATA", "550 5.4.5 Daily user sending limit exceeded", times=1)
+        self.run_queue()
+        self.assertIn("atingiu o limite de envio do provedor", paced[1].failure_reason)
+        self.assertIn("atingiu o limite", self.alice.ally_smtp_pause_reason)
+
     # -- fairness ---------------------------------------------------------------
     def test_a_busy_mailbox_does_not_hold_up_the_others(self):
         self.env["ir.config_parameter"].set_param("mail.session.batch.size", 50)
@@ -220,7 +237,7 @@ class TestLimits(AllySmtpCase):
             self.queue(self.alice, f"alice {n}")
         bob = self.queue(self.bob, "bob")
         self.run_queue()
-        self.assertEqual(bob.state, "sent")
+        self.assertEqual(bob.state, "sent", bob.failure_reason)
         order = [sent["login"] for sent in self.smtp.messages()]
         self.assertEqual(len(order), 201)
         self.assertLess(order.index("bob@agency.test"), 51)

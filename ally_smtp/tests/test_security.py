@@ -152,6 +152,8 @@ class TestSecurity(AllySmtpCase):
             ("ally_smtp_state", "ok"),
             ("ally_smtp_server_key", "elsewhere|465|ssl||True"),
             ("ally_smtp_sent_folder", "Trash"),
+            ("ally_smtp_paused_until", False),
+            ("ally_smtp_pause_reason", "none"),
         ):
             with self.subTest(field=field), self.assertRaises(AccessError):
                 admin_view.write({field: value})
@@ -174,7 +176,13 @@ class TestSecurity(AllySmtpCase):
     def test_colleagues_do_not_see_each_others_mailbox(self):
         Users = self.env["res.users"]
         self.bob.groups_id += self.env.ref("base.group_allow_export")
-        for field in ("ally_smtp_email", "ally_smtp_state", "ally_smtp_last_error"):
+        for field in (
+            "ally_smtp_email",
+            "ally_smtp_state",
+            "ally_smtp_last_error",
+            "ally_smtp_paused_until",
+            "ally_smtp_pause_reason",
+        ):
             with self.subTest(field=field):
                 with self.assertRaises(AccessError):
                     self.alice.with_user(self.bob).read([field])
