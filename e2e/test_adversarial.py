@@ -150,6 +150,24 @@ ROUTES = {
     "claim her address": lambda w, who: w.rpc[who](
         "res.users", "write", [w.users[who]], {"ally_smtp_email": ANA.upper()}
     ),
+    "read her sending pause": lambda w, who: w.rpc[who](
+        "res.users",
+        "read",
+        [w.users["ana"]],
+        ["ally_smtp_paused", "ally_smtp_paused_until", "ally_smtp_pause_reason"],
+    ),
+    "pause her mailbox": lambda w, who: w.rpc[who](
+        "res.users",
+        "write",
+        [w.users["ana"]],
+        {"ally_smtp_paused_until": "2100-01-01 00:00:00"},
+    ),
+    "resume her mailbox": lambda w, who: w.rpc[who](
+        "res.users", "action_ally_smtp_resume", [w.users["ana"]]
+    ),
+    "read what her mailbox sent": lambda w, who: w.rpc[who](
+        "ally.smtp.send.log", "search_read", [("user_id", "=", w.users["ana"])]
+    ),
 }
 # a settings admin is trusted with settings, not with Ana's mailbox
 ADMIN_MAY = {
@@ -161,6 +179,9 @@ ADMIN_MAY = {
     "order by her address",
     "group by state",
     "export her address",
+    "read her sending pause",
+    "resume her mailbox",
+    "read what her mailbox sent",
 }
 
 

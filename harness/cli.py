@@ -183,6 +183,15 @@ def skipped(junit):
     return sum(int(s.get("skipped", 0)) for s in root.iter("testsuite"))
 
 
+def e2e_args(args):
+    """pytest's arguments for ``--e2e-only``: ``-k name`` or e2e/ files."""
+    if not (args.e2e_only and args.pytest_args):
+        return ()
+    if any(arg.startswith("e2e") for arg in args.pytest_args):
+        return args.pytest_args
+    return ["e2e", *args.pytest_args]
+
+
 def cmd_test(args):
     odoo_path = find_odoo()
     print(f"harness: Odoo found at {odoo_path}", flush=True)
@@ -204,7 +213,7 @@ def cmd_test(args):
             step("browser tours (Odoo's runner, headless Chromium)")
             ok = tours(odoo_path, services, config, args.screenshots) and ok
         if not partial or args.e2e_only:
-            e2e_ok, junit = run_e2e(odoo_path, services, config)
+            e2e_ok, junit = run_e2e(odoo_path, services, config, e2e_args(args))
             ok = e2e_ok and ok
             if junit.exists() and skipped(junit):
                 print(f"harness: {skipped(junit)} skipped: failing", flush=True)

@@ -208,6 +208,7 @@ class Handler:
                     "mail_from": envelope.mail_from,
                     "rcpt_tos": list(envelope.rcpt_tos),
                     "message_id": message_id,
+                    "at": time.time(),
                     "data": raw.decode("utf-8", "surrogateescape"),
                 }
             )

@@ -377,6 +377,7 @@ class ResUsers(models.Model):
         )
         mails.write({"scheduled_date": fields.Datetime.now(), "failure_reason": False})
         self.env.ref("mail.ir_cron_mail_scheduler_action").sudo()._trigger()
+        return True
 
     def _ally_smtp_pause(self, window, reason):
         """The provider says the mailbox sent too much: wait for its window.
