@@ -17,7 +17,9 @@ A small HTTP API on loopback lets tests read and steer it::
     GET  /state            {"sessions": [...], "messages": [...]}
     POST /reset            forget everything, clear faults and autosave
     POST /faults           [{"stage": "RCPT", "reply": "451 4.3.0 Try later",
-                             "times": 1, "login": "a@x"}]   ("reply": "drop" cuts)
+                             "times": 1, "login": "a@x", "after": 20}]
+                           ("reply": "drop" cuts; "after": let that many
+                            matching commands pass first)
     POST /config           {"autosave": true}   (or a list of logins)
                            {"deliver": false}   (record only: no IMAP delivery,
                                                  for benchmarks)
@@ -80,6 +82,9 @@ class State:
                     continue
                 if fault.get("login") and fault["login"] != login:
                     continue
+                if fault.get("after"):
+                    fault["after"] -= 1
+                    return None
                 if fault.get("times") is not None:
                     fault["times"] -= 1
                     if fault["times"] <= 0:

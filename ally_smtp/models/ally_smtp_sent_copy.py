@@ -469,7 +469,11 @@ class AllySmtpSentCopy(models.Model):
 
     def _ally_smtp_finish(self, state):
         self.write({"state": state, "last_error": False})
-        self.part_ids.unlink()
+        # a mail still queued for a retry needs its parts: whom it reached
+        parts = self.part_ids
+        domain = [("id", "in", parts.mapped("mail_id")), ("state", "=", "outgoing")]
+        queued = self.env["mail.mail"].sudo().search(domain).ids
+        parts.filtered(lambda part: part.mail_id not in queued).unlink()
 
     def _ally_smtp_failed(self, user, exc, host, port):
         """Note why this copy (if any) was not filed: ``(kind, message)``."""

@@ -13,15 +13,17 @@ _logger = logging.getLogger(__name__)
 # above this size the message is streamed to the database (COPY) instead of
 # being passed as one query parameter, which psycopg2 escapes into 4-8 copies
 LARGE = 512 * 1024
+# postcommit key: the mail.mail whose SMTP transactions are being sent
+SENDING = "ally_smtp.sending"
 # a process wakes the filing cron at most this often (seconds); the cron looks
 # again after each run that found work, for what was sent in between
 WAKE_EVERY = 10
 _woken = {}  # database name -> time.monotonic() of this process's last wake-up
-COLUMNS = "user_id, message_id, subject, recipients, cc, sent_at, raw"
+COLUMNS = "user_id, mail_id, message_id, subject, recipients, cc, sent_at, raw"
 _INSERT = f"""
     SAVEPOINT ally_smtp_part;
     INSERT INTO ally_smtp_sent_copy_part ({COLUMNS})
-    VALUES (%s, %s, %s, %s, %s, %s, %s);
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s);
     RELEASE SAVEPOINT ally_smtp_part
 """
 
@@ -82,6 +84,9 @@ class AllySmtpSentCopyPart(models.Model):
         "ally.smtp.sent.copy", ondelete="cascade", index="btree_not_null"
     )
     user_id = fields.Many2one("res.users", required=True, ondelete="cascade")
+    # the mail.mail that sent it; no foreign key: deleting a sent mail must
+    # not touch these rows (and the filing cron's locks on them)
+    mail_id = fields.Integer(index="btree_not_null")
     message_id = fields.Char("Message-ID", required=True)
     subject = fields.Char()
     recipients = fields.Text("To")
@@ -122,6 +127,7 @@ class AllySmtpSentCopyPart(models.Model):
             key = (user_id, message_id)
             values = [
                 user_id,
+                self.env.cr.postcommit.data.get(SENDING),
                 message_id,
                 str(message["Subject"] or ""),
                 str(message["To"] or ""),
@@ -137,6 +143,20 @@ class AllySmtpSentCopyPart(models.Model):
             )
             return
         self._ally_smtp_wake()
+
+    @api.model
+    def _ally_smtp_reached(self, mail_id):
+        """The addresses (normalized) that the mail ``mail_id`` reached."""
+        self.env.cr.execute(
+            "SELECT recipients, cc FROM ally_smtp_sent_copy_part WHERE mail_id = %s",
+            [mail_id],
+        )
+        return {
+            address
+            for row in self.env.cr.fetchall()
+            for value in row
+            for address in tools.email_normalize_all(value or "")
+        }
 
     @api.model
     def _ally_smtp_copy_owner(self, session):

@@ -6,6 +6,7 @@ from datetime import timedelta
 from odoo import fields, models, tools
 
 from ..lib import errors, pacing
+from .ally_smtp_sent_copy_part import SENDING
 from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted
 
 _logger = logging.getLogger(__name__)
@@ -180,6 +181,39 @@ class MailMail(models.Model):
         )
         self._ally_smtp_notifications_ready()
         self.env.ref("mail.ir_cron_mail_scheduler_action")._trigger(at=until)
+
+    def _prepare_outgoing_list(self, mail_server=False, **kwargs):
+        """A retried mail of a personal mailbox skips who it already reached.
+
+        Odoo sends a mail as one SMTP transaction per recipient; a temporary
+        failure partway keeps the whole mail queued. The transactions that
+        went through left their recipients in ``ally.smtp.sent.copy.part``
+        rows, committed with the queued mail: the retry leaves those out.
+        """
+        emails = super()._prepare_outgoing_list(mail_server=mail_server, **kwargs)
+        if not (mail_server and mail_server.sudo().ally_smtp_owner_id):
+            return emails
+        self.env.cr.postcommit.data[SENDING] = self.id
+        Part = self.env["ally.smtp.sent.copy.part"].sudo()
+        reached = Part._ally_smtp_reached(self.id)
+        if not reached:
+            return emails
+        left = [
+            email
+            for email in emails
+            if not (
+                email.get("email_to_normalized")
+                and set(email["email_to_normalized"]) <= reached
+            )
+        ]
+        _logger.info(
+            "ally_smtp: mail %s retried without the %s recipients it reached",
+            self.id,
+            len(emails) - len(left),
+        )
+        if not left:  # nothing left to send: Odoo would call it a failure
+            self.write({"state": "sent", "failure_reason": False})
+        return left
 
     def _ally_smtp_personal_servers(self):
         """``{mail id: personal ir.mail_server}`` for the mails to reroute.

@@ -59,9 +59,16 @@ class SmtpServer:
     def reset(self):
         self._call("/reset", {})
 
-    def fail(self, stage, reply, times=None, login=None):
-        """Make the server answer ``reply`` (or "drop") at ``stage``."""
-        fault = {"stage": stage, "reply": reply, "times": times, "login": login}
+    def fail(self, stage, reply, times=None, login=None, after=0):
+        """Make the server answer ``reply`` (or "drop") at ``stage``, once
+        ``after`` such commands passed."""
+        fault = {
+            "stage": stage,
+            "reply": reply,
+            "times": times,
+            "login": login,
+            "after": after,
+        }
         self._call("/faults", [fault])
 
     def autosave(self, on=True):

@@ -147,6 +147,22 @@ class TestHarness(AllySmtpCase):
             connection.sendmail(login, ["x@school.test"], b"Subject: ok\r\n\r\nok")
         self.assertEqual(len(self.smtp.messages()), 1)
 
+    def test_fault_after_some_commands(self):
+        login = "carol@agency.test"
+        self.smtp.fail("DATA", "451 4.3.0 Try again later", times=1, after=2)
+        results = []
+        with self._smtp() as connection:
+            connection.login(login, self.harness["mailboxes"][login])
+            for n in range(4):
+                try:
+                    connection.sendmail(
+                        login, [f"{n}@school.test"], b"Subject: x\r\n\r\nx"
+                    )
+                    results.append("sent")
+                except smtplib.SMTPDataError as exc:
+                    results.append(exc.smtp_code)
+        self.assertEqual(results, ["sent", "sent", 451, "sent"])
+
     def test_autosave_files_sent_copy(self):
         self.smtp.autosave()
         login = "carol@agency.test"

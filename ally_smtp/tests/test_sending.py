@@ -1,6 +1,8 @@
 """Mail a consultant writes leaves from their own mailbox, one Sent copy."""
 
+import collections
 import email
+import email.utils
 import logging
 from datetime import timedelta
 
@@ -243,6 +245,55 @@ class TestSending(AllySmtpCase):
         self.run_queue()
         self.assertEqual(mail.state, "sent", mail.failure_reason)
         self.assertEqual(len(self.smtp.messages()), 1)
+
+    def queue_chunk_failing_at(self, after):
+        """A mail to 50 students (50 SMTP transactions, as Odoo sends it)
+        whose transaction ``after + 1`` meets a 4xx: it stays queued."""
+        students = self.env["res.partner"].create(
+            [
+                {"name": f"Chunk {i}", "email": f"chunk.{i}@school.test"}
+                for i in range(50)
+            ]
+        )
+        mail = self.queue(self.alice, "chunk", partner=students[0])
+        mail.recipient_ids = students
+        self.smtp.fail("DATA", "451 4.3.0 Try again later", times=1, after=after)
+        self.run_queue()
+        self.assertEqual(mail.state, "outgoing", mail.failure_reason)
+        self.assertEqual(len(self.smtp.messages()), after)
+        return mail, set(students.mapped("email"))
+
+    def retry_and_count(self, mail, addresses):
+        mail.scheduled_date = fields.Datetime.now() - timedelta(seconds=1)
+        self.run_queue()
+        self.assertEqual(mail.state, "sent", mail.failure_reason)
+        received = collections.Counter(
+            rcpt for sent in self.smtp.messages() for rcpt in sent["rcpt_tos"]
+        )
+        self.assertEqual(set(received), addresses)
+        twice = sorted(rcpt for rcpt, count in received.items() if count > 1)
+        self.assertEqual(twice, [], f"{len(twice)} students got the mail twice")
+
+    def test_retried_chunk_skips_the_recipients_it_reached(self):
+        mail, addresses = self.queue_chunk_failing_at(20)
+        self.retry_and_count(mail, addresses)
+        self.file_copies()
+        ((_flags, copy),) = self.alice_box.find("Sent", mail.message_id)
+        listed = {a for _name, a in email.utils.getaddresses(copy.get_all("To"))}
+        self.assertEqual(listed, addresses)
+
+    def test_retry_after_the_copy_was_filed_still_skips_the_reached(self):
+        """The copy of a message whose chunk waits over an hour is filed
+        without it; whom that chunk reached is kept for its retry."""
+        mail, addresses = self.queue_chunk_failing_at(30)
+        self.file_copies()
+        copy = self.env["ally.smtp.sent.copy"].search(
+            [("message_id", "=", mail.message_id)]
+        )
+        copy.first_sent = fields.Datetime.now() - timedelta(hours=2)
+        self.file_copies()
+        self.assertEqual(copy.state, "done")
+        self.retry_and_count(mail, addresses)
 
     def test_giving_up_on_temporary_failures_is_a_warning(self):
         self.smtp.fail("RCPT", "451 4.3.0 Try again later", times=1)
