@@ -183,37 +183,61 @@ class MailMail(models.Model):
         self.env.ref("mail.ir_cron_mail_scheduler_action")._trigger(at=until)
 
     def _prepare_outgoing_list(self, mail_server=False, **kwargs):
-        """A retried mail of a personal mailbox skips who it already reached.
+        """A mail of a personal mailbox sent again skips who it already reached.
 
         Odoo sends a mail as one SMTP transaction per recipient; a temporary
-        failure partway keeps the whole mail queued. The transactions that
-        went through left their recipients in ``ally.smtp.sent.copy.part``
-        rows, committed with the queued mail: the retry leaves those out.
+        failure or a quota partway keeps the whole mail queued. The recipients
+        already reached are known by their notification, marked sent when the
+        mail was kept queued (``_postprocess_sent_message``), and, with Sent
+        copies on, by the ``ally.smtp.sent.copy.part`` rows of the mail (also
+        addresses without a partner). Only a mail that failed or waited before
+        (it has a ``failure_reason``) is looked up.
         """
         emails = super()._prepare_outgoing_list(mail_server=mail_server, **kwargs)
         if not (mail_server and mail_server.sudo().ally_smtp_owner_id):
             return emails
         self.env.cr.postcommit.data[SENDING] = self.id
-        Part = self.env["ally.smtp.sent.copy.part"].sudo()
-        reached = Part._ally_smtp_reached(self.id)
-        if not reached:
+        if not self.failure_reason:
             return emails
+        reached = (
+            self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_reached(self.id)
+        )
+        notified = set(self._ally_smtp_notified().ids)
         left = [
             email
             for email in emails
             if not (
-                email.get("email_to_normalized")
+                email.get("partner_id")
+                and email["partner_id"].id in notified
+                or email.get("email_to_normalized")
                 and set(email["email_to_normalized"]) <= reached
             )
         ]
+        if len(left) == len(emails):
+            return emails
         _logger.info(
-            "ally_smtp: mail %s retried without the %s recipients it reached",
+            "ally_smtp: mail %s sent again without the %s recipients it reached",
             self.id,
             len(emails) - len(left),
         )
         if not left:  # nothing left to send: Odoo would call it a failure
             self.write({"state": "sent", "failure_reason": False})
         return left
+
+    def _ally_smtp_notified(self):
+        """The partners this mail reached (their notification says sent)."""
+        return (
+            self.env["mail.notification"]
+            .sudo()
+            .search(
+                [
+                    ("mail_mail_id", "=", self.id),
+                    ("notification_type", "=", "email"),
+                    ("notification_status", "=", "sent"),
+                ]
+            )
+            .res_partner_id
+        )
 
     def _ally_smtp_personal_servers(self):
         """``{mail id: personal ir.mail_server}`` for the mails to reroute.
@@ -305,6 +329,21 @@ class MailMail(models.Model):
             tired = temporary - retry
         if retry:
             retry._ally_smtp_retry_later()
+        if success_pids and (retry or waiting):
+            # who this attempt reached shows as sent, and is not sent again
+            self.env["mail.notification"].sudo().search(
+                [
+                    ("mail_mail_id", "in", (retry | waiting).ids),
+                    ("notification_type", "=", "email"),
+                    ("res_partner_id", "in", [partner.id for partner in success_pids]),
+                ]
+            ).write(
+                {
+                    "notification_status": "sent",
+                    "failure_type": False,
+                    "failure_reason": False,
+                }
+            )
         for mail in tired:
             _logger.warning(
                 "ally_smtp: mail %s not sent after %s attempts: %s",

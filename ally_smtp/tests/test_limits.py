@@ -172,6 +172,41 @@ class TestLimits(AllySmtpCase):
         self.alice.invalidate_recordset(["ally_smtp_paused"])
         self.assertFalse(self.alice.ally_smtp_paused)
 
+    def test_a_quota_partway_through_a_mail_sends_the_rest_once(self):
+        """Gmail and Microsoft 365 file their own Sent copy (no copy rows):
+        the recipients a mail reached before the quota are not sent it again."""
+        self.company.ally_smtp_sent_copy = "never"
+        students = self.env["res.partner"].create(
+            [{"name": f"S{n}", "email": f"s{n}@school.test"} for n in range(10)]
+        )
+        mail = self.queue(self.alice, "partway")
+        mail.recipient_ids = students
+        self.env["mail.notification"].create(
+            [
+                {
+                    "mail_message_id": mail.mail_message_id.id,
+                    "mail_mail_id": mail.id,
+                    "res_partner_id": student.id,
+                    "notification_type": "email",
+                    "notification_status": "ready",
+                }
+                for student in students
+            ]
+        )
+        self.smtp.fail(
+            "DATA", "550 5.4.5 Daily user sending limit exceeded", times=1, after=4
+        )
+        self.run_queue()
+        self.assertEqual(mail.state, "outgoing")
+        self.assertEqual(len(self.smtp.messages()), 4)
+        self.later(hours=2)
+        self.run_queue()
+        self.assertEqual(mail.state, "sent", mail.failure_reason)
+        received = collections.Counter(
+            rcpt for sent in self.smtp.messages() for rcpt in sent["rcpt_tos"]
+        )
+        self.assertEqual(received, dict.fromkeys(students.mapped("email"), 1))
+
     def test_a_daily_quota_waits_for_the_oldest_mail_of_the_day(self):
         first = self.queue(self.alice, "morning")
         self.run_queue()

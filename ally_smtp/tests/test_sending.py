@@ -257,6 +257,19 @@ class TestSending(AllySmtpCase):
         )
         mail = self.queue(self.alice, "chunk", partner=students[0])
         mail.recipient_ids = students
+        # the chatter's view of each recipient, as Odoo's notify step makes it
+        self.env["mail.notification"].create(
+            [
+                {
+                    "mail_message_id": mail.mail_message_id.id,
+                    "mail_mail_id": mail.id,
+                    "res_partner_id": student.id,
+                    "notification_type": "email",
+                    "notification_status": "ready",
+                }
+                for student in students
+            ]
+        )
         self.smtp.fail("DATA", "451 4.3.0 Try again later", times=1, after=after)
         self.run_queue()
         self.assertEqual(mail.state, "outgoing", mail.failure_reason)
@@ -281,6 +294,20 @@ class TestSending(AllySmtpCase):
         ((_flags, copy),) = self.alice_box.find("Sent", mail.message_id)
         listed = {a for _name, a in email.utils.getaddresses(copy.get_all("To"))}
         self.assertEqual(listed, addresses)
+
+    def test_retried_chunk_skips_the_reached_without_sent_copies(self):
+        """With no Sent copy (the provider files it), the chatter's record of
+        whom the first attempt reached is what the retry leaves out."""
+        self.company.ally_smtp_sent_copy = "never"
+        mail, addresses = self.queue_chunk_failing_at(20)
+        self.assertFalse(self.env["ally.smtp.sent.copy.part"].search([]))
+        notifications = self.env["mail.notification"].search(
+            [("mail_mail_id", "=", mail.id)]
+        )
+        statuses = collections.Counter(notifications.mapped("notification_status"))
+        self.assertEqual(statuses, {"sent": 20, "ready": 30})
+        self.retry_and_count(mail, addresses)
+        self.assertEqual(set(notifications.mapped("notification_status")), {"sent"})
 
     def test_retry_after_the_copy_was_filed_still_skips_the_reached(self):
         """The copy of a message whose chunk waits over an hour is filed
