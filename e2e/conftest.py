@@ -157,7 +157,7 @@ class World:
             if "currently being executed" not in fault.faultString:
                 raise  # else it runs right now, which is what was asked
 
-    def students(self, count, tag):
+    def students(self, count, tag, **kwargs):
         return self.admin(
             "res.partner",
             "create",
@@ -165,6 +165,7 @@ class World:
                 {"name": f"Student {tag} {i}", "email": f"{tag}.{i}@school.test"}
                 for i in range(count)
             ],
+            **kwargs,
         )
 
     def message_id(self, message):

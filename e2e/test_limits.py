@@ -20,15 +20,7 @@ def sent(world, prefix):
 
 def lone_students(world, count, tag):
     """New students, each written to by one consultant only."""
-    return world.admin(
-        "res.partner",
-        "create",
-        [
-            {"name": f"{tag} {n}", "email": f"{tag}.{n}@school.test"}
-            for n in range(count)
-        ],
-        context={"mail_create_nosubscribe": True},
-    )
+    return world.students(count, tag, context={"mail_create_nosubscribe": True})
 
 
 def failed(world):

@@ -138,6 +138,22 @@ class AllySmtpMixin:
             )
         )
 
+    def notify(self, mail, partners):
+        """The chatter's record of ``mail`` to ``partners``, as Odoo's notify
+        step makes it: one e-mail notification each, ready to send."""
+        self.env["mail.notification"].create(
+            [
+                {
+                    "mail_message_id": mail.mail_message_id.id,
+                    "mail_mail_id": mail.id,
+                    "res_partner_id": partner.id,
+                    "notification_type": "email",
+                    "notification_status": "ready",
+                }
+                for partner in partners
+            ]
+        )
+
     def run_queue(self):
         with self.live():
             self.env["mail.mail"].process_email_queue()

@@ -40,16 +40,13 @@ class TestLimits(AllySmtpCase):
     def queue(self, user, subject, partner=None):
         """A queued mail whose recipient is shown in the chatter, as Odoo does."""
         mail = super().queue(user, subject, partner)
-        self.env["mail.notification"].create(
-            {
-                "mail_message_id": mail.mail_message_id.id,
-                "mail_mail_id": mail.id,
-                "res_partner_id": mail.recipient_ids.id,
-                "notification_type": "email",
-                "notification_status": "ready",
-            }
-        )
+        self.notify(mail, mail.recipient_ids)
         return mail
+
+    def students(self, count):
+        return self.env["res.partner"].create(
+            [{"name": f"S{n}", "email": f"s{n}@school.test"} for n in range(count)]
+        )
 
     def later(self, **delta):
         """Move the clock on, as if that much time had passed."""
@@ -100,9 +97,7 @@ class TestLimits(AllySmtpCase):
         """Odoo sends one message per recipient: a mail to three students is
         three of the mailbox's messages."""
         self.company.ally_smtp_limit_hour = 4
-        students = self.env["res.partner"].create(
-            [{"name": f"S{n}", "email": f"s{n}@school.test"} for n in range(3)]
-        )
+        students = self.students(3)
         first = self.queue(self.alice, "three")
         first.recipient_ids = students
         second = self.queue(self.alice, "two")
@@ -113,9 +108,7 @@ class TestLimits(AllySmtpCase):
 
     def test_a_mail_larger_than_the_limit_goes_alone(self):
         self.company.ally_smtp_limit_minute = 2
-        students = self.env["res.partner"].create(
-            [{"name": f"S{n}", "email": f"s{n}@school.test"} for n in range(3)]
-        )
+        students = self.students(3)
         big = self.queue(self.alice, "big")
         big.recipient_ids = students
         small = self.queue(self.alice, "small")
@@ -176,23 +169,10 @@ class TestLimits(AllySmtpCase):
         """Gmail and Microsoft 365 file their own Sent copy (no copy rows):
         the recipients a mail reached before the quota are not sent it again."""
         self.company.ally_smtp_sent_copy = "never"
-        students = self.env["res.partner"].create(
-            [{"name": f"S{n}", "email": f"s{n}@school.test"} for n in range(10)]
-        )
+        students = self.students(10)
         mail = self.queue(self.alice, "partway")
         mail.recipient_ids = students
-        self.env["mail.notification"].create(
-            [
-                {
-                    "mail_message_id": mail.mail_message_id.id,
-                    "mail_mail_id": mail.id,
-                    "res_partner_id": student.id,
-                    "notification_type": "email",
-                    "notification_status": "ready",
-                }
-                for student in students
-            ]
-        )
+        self.notify(mail, students)
         self.smtp.fail(
             "DATA", "550 5.4.5 Daily user sending limit exceeded", times=1, after=4
         )

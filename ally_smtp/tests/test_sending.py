@@ -257,19 +257,7 @@ class TestSending(AllySmtpCase):
         )
         mail = self.queue(self.alice, "chunk", partner=students[0])
         mail.recipient_ids = students
-        # the chatter's view of each recipient, as Odoo's notify step makes it
-        self.env["mail.notification"].create(
-            [
-                {
-                    "mail_message_id": mail.mail_message_id.id,
-                    "mail_mail_id": mail.id,
-                    "res_partner_id": student.id,
-                    "notification_type": "email",
-                    "notification_status": "ready",
-                }
-                for student in students
-            ]
-        )
+        self.notify(mail, students)
         self.smtp.fail("DATA", "451 4.3.0 Try again later", times=1, after=after)
         self.run_queue()
         self.assertEqual(mail.state, "outgoing", mail.failure_reason)
