@@ -31,7 +31,7 @@ from odoo.addons.ally_smtp.tests.servers import agency_server_values
 
 # ALLY_SMTP_BENCH_MAILS / _ROUNDS: a shorter run while working on the bench
 MAILS = int(os.environ.get("ALLY_SMTP_BENCH_MAILS", "500"))
-ROUNDS = int(os.environ.get("ALLY_SMTP_BENCH_ROUNDS", "12"))  # 3 rotations of 4 paths
+ROUNDS = int(os.environ.get("ALLY_SMTP_BENCH_ROUNDS", "16"))  # 4 rotations of 4 paths
 CONSULTANTS, PER_USER = 20, 100  # the agency-scale run
 ALICE = "alice@agency.test"
 BIG = 20 * 1024 * 1024  # the attachment of the memory benchmark
