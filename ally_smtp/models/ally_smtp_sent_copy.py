@@ -26,7 +26,7 @@ WAIT_FOR_CHUNKS = timedelta(hours=1)
 RECHECK = timedelta(minutes=1)
 READ_CHUNK = 4 * 1024 * 1024  # bytes of a message read per query
 # copies a run claims at once: 1, then twice as many each time, up to CLAIM_MOST
-CLAIM_MOST = 32
+CLAIM_MOST = 64
 HEAD_CHUNK = 64 * 1024
 _COLLECT_LOCK = zlib.crc32(b"ally_smtp.sent_copy.collect")
 # headers of the SMTP transaction that a mail client's Sent copy does not carry
@@ -251,7 +251,7 @@ class AllySmtpSentCopy(models.Model):
             rows = cr.fetchall()
             self.env.invalidate_all()
             pending = {copy_id for copy_id, state in rows if state == "pending"}
-            self.browse(sorted(pending))._ally_smtp_merge()
+            self._ally_smtp_summarize(sorted(pending))
             self._ally_smtp_commit()
         except TransactionRollbackError as exc:
             self._ally_smtp_rollback()
@@ -259,12 +259,33 @@ class AllySmtpSentCopy(models.Model):
             return 0
         return len(rows)
 
-    def _ally_smtp_merge(self):
+    @api.model
+    def _ally_smtp_summarize(self, copy_ids):
+        """Show what pending copies hold so far (one query for all of them);
+        ``_ally_smtp_merge`` makes the exact list when a copy is filed."""
+        if copy_ids:
+            self._ally_smtp_sql(
+                """UPDATE ally_smtp_sent_copy c
+                      SET recipients = s.recipients, cc = s.cc, size = s.size
+                     FROM (SELECT copy_id,
+                                  string_agg(DISTINCT NULLIF(recipients, ''), ', ')
+                                      AS recipients,
+                                  string_agg(DISTINCT NULLIF(cc, ''), ', ') AS cc,
+                                  max(octet_length(raw)) AS size
+                             FROM ally_smtp_sent_copy_part
+                            WHERE copy_id = ANY(%s)
+                            GROUP BY copy_id) s
+                    WHERE c.id = s.copy_id""",
+                [copy_ids],
+            )
+            self.browse(copy_ids).invalidate_recordset(["recipients", "cc", "size"])
+
+    def _ally_smtp_merge(self, values=None):
         """Every recipient of every part, each once; the size of the message.
 
         Takes the parts sent since the copy was gathered too, in the snapshot
         that found the message sent completely. A few queries for any number
-        of copies.
+        of copies; ``values`` (``{copy id: values}``) are written with them.
         """
         if not self:
             return
@@ -288,20 +309,20 @@ class AllySmtpSentCopy(models.Model):
         self.env["ally.smtp.sent.copy.part"].invalidate_model(["copy_id"])
         self.invalidate_recordset(["part_ids"])
         for copy in self:
+            merged = dict((values or {}).get(copy.id, {}))
             rows = parts.get(copy.id)
-            if not rows:
-                continue
-            to = _merge([row[0] for row in rows])
-            cc = _merge([row[1] for row in rows])
-            sizes = [row[3] for row in rows if row[3] is not None]
-            copy.write(
-                {
-                    "recipients": ", ".join(email.utils.formataddr(p) for p in to),
-                    "cc": ", ".join(email.utils.formataddr(p) for p in cc),
-                    "first_sent": min(row[2] for row in rows),
-                    "size": sizes[0] if sizes else 0,
-                }
-            )
+            if rows:
+                to = _merge([row[0] for row in rows])
+                cc = _merge([row[1] for row in rows])
+                sizes = [row[3] for row in rows if row[3] is not None]
+                merged.update(
+                    recipients=", ".join(email.utils.formataddr(p) for p in to),
+                    cc=", ".join(email.utils.formataddr(p) for p in cc),
+                    first_sent=min(row[2] for row in rows),
+                    size=sizes[0] if sizes else 0,
+                )
+            if merged:
+                copy.write(merged)
 
     @api.model
     def _ally_smtp_count(self, condition):
@@ -476,17 +497,18 @@ class AllySmtpSentCopy(models.Model):
             if not copies:
                 self._ally_smtp_commit()
                 continue
-            copies._ally_smtp_merge()
             attempts = {r[0]: r[2] for r in rows if r[0] in copies.ids}
-            for copy in copies:
-                copy.write(
-                    {
+            copies._ally_smtp_merge(
+                {
+                    copy.id: {
                         "state": "filing",
                         "attempts": attempts[copy.id] + 1,
                         "next_try": now + FIRST_DELAY * 2 ** attempts[copy.id],
                         "verify": copy.verify or copy.id in interrupted,
                     }
-                )
+                    for copy in copies
+                }
+            )
             self._ally_smtp_commit()
             claimed = tuple((copy_id, n + 1) for copy_id, n in attempts.items())
             return copies.with_context(ally_smtp_attempts=claimed)
