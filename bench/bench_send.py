@@ -406,6 +406,19 @@ class BenchQueueRun(QueueBench):
         raws = [m["data"].encode("utf-8", "surrogateescape") for m in messages]
         return seconds, queries, logins, raws
 
+    def _file_all(self):
+        """Cron runs until the round's copies are filed (one, unless a run
+        stops at its time budget): seconds, queries per copy, logins, runs."""
+        secs, filed, queries, logins = self._file()
+        runs = 1
+        while filed < MAILS:  # the cron runs again, with a login of its own
+            more = self._file()
+            assert more[1], "a filing run filed nothing"
+            secs, filed, runs = secs + more[0], filed + more[1], runs + 1
+            logins += more[3]
+        self.assertEqual(dict(logins), {ALICE: runs})  # one login per run
+        return secs, queries, logins, runs
+
     def test_bench_queue_run(self):
         stock, never, always = (
             "stock Odoo (agency server)",
@@ -428,7 +441,7 @@ class BenchQueueRun(QueueBench):
         self.box.purge()
         seconds = defaultdict(list)
         queries, smtp_logins, imap_logins = {}, {}, {}
-        raws = None
+        raws, filing_runs = None, []
 
         def send(label):
             nonlocal raws
@@ -447,8 +460,9 @@ class BenchQueueRun(QueueBench):
                 step()
 
         def file_copies():
-            secs, filed, queries[filing], imap_logins[filing] = self._file()
-            assert filed == MAILS, filed
+            secs, queries[filing], logins, runs = self._file_all()
+            filing_runs.append(runs)
+            imap_logins[filing] = Counter({ALICE: 1}) if runs == 1 else logins
             seconds[filing].append(secs)
             self.box.purge()
 
@@ -510,11 +524,14 @@ class BenchQueueRun(QueueBench):
                     sum(imap_logins[label].values()),
                 )
             )
+        if max(filing_runs) > 1:
+            print(
+                f"(filing runs per round, stopped at their time budget: {filing_runs})"
+            )
         self.assertEqual(dict(smtp_logins[stock]), {"carol@agency.test": 1})
         for label in (never, always, floor):
             self.assertEqual(dict(smtp_logins[label]), {ALICE: 1})
-        for label in (filing, append):
-            self.assertEqual(dict(imap_logins[label]), {ALICE: 1})
+        self.assertEqual(dict(imap_logins[append]), {ALICE: 1})
 
 
 @tagged("post_install", "-at_install")
