@@ -26,10 +26,6 @@ _MISSING = ("[trycreate]", "[nonexistent]", "doesn't exist", "does not exist")
 # ... and of a message larger than the server accepts (RFC 5530, RFC 7889)
 _TOO_BIG = ("[toobig]", "[limit]", "too large", "too big")
 _BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-# DATA of a message larger than this is sent in pieces of about PIECE bytes
-STREAM_ABOVE = 1024 * 1024
-PIECE = 1024 * 1024
-_LINE_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 def tls_context(verify=True):
@@ -78,36 +74,11 @@ class _KeepSent:
         return result
 
 
-class _StreamData:
-    """smtplib's DATA makes two more whole copies of the message (the lines
-    starting with a dot doubled, then the terminator appended): a large
-    message is sent in pieces of whole lines instead, each piece dot-stuffed
-    on its own, so that it exists once more only a piece at a time."""
-
-    def data(self, msg):
-        if isinstance(msg, str) or len(msg) < STREAM_ABOVE:
-            return super().data(msg)
-        self.putcmd("data")
-        code, reply = self.getreply()
-        if code != 354:
-            raise smtplib.SMTPDataError(code, reply)
-        view, pos = memoryview(msg), 0
-        while pos < len(msg):
-            end = msg.find(b"\n", pos + PIECE)
-            end = len(msg) if end < 0 else end + 1
-            piece = _LINE_DOT.sub(b"..", view[pos:end])
-            pos = end
-            if pos == len(msg):
-                piece += b".\r\n" if piece.endswith(b"\r\n") else b"\r\n.\r\n"
-            self.send(piece)
-        return self.getreply()
-
-
-class SMTP(_KeepSent, _StreamData, _QuitQuietly, smtplib.SMTP):
+class SMTP(_KeepSent, _QuitQuietly, smtplib.SMTP):
     pass
 
 
-class SMTP_SSL(_KeepSent, _StreamData, _QuitQuietly, smtplib.SMTP_SSL):
+class SMTP_SSL(_KeepSent, _QuitQuietly, smtplib.SMTP_SSL):
     pass
 
 

@@ -2,13 +2,11 @@
 
 import email
 import logging
-import smtplib
 from datetime import timedelta
 
 from odoo import fields
 from odoo.tests import new_test_user, tagged
 
-from ..lib import mailbox
 from .common import AllySmtpCase, Mailbox, free_port
 
 
@@ -360,27 +358,3 @@ class TestSending(AllySmtpCase):
         )
         queries(few)  # warm the caches that do not depend on the mails
         self.assertEqual(queries(few), queries(many))
-
-    def test_large_message_data_is_what_smtplib_sends(self):
-        """A large message's DATA goes in pieces: the server gets the same
-        bytes as from smtplib's own DATA (dot-stuffing, terminator)."""
-        lines = [b".starts with a dot", b"..two", b"plain line", b"", b"."]
-        raw = b"Subject: big\r\nMessage-Id: <big@agency.test>\r\n\r\n"
-        raw += b"\r\n".join(lines * 60000) + b"\r\n.end without a line break"
-        self.assertGreater(len(raw), 2 * mailbox.STREAM_ABOVE)
-        self.smtp.deliver(False)
-        self.addCleanup(self.smtp.deliver, True)
-        info, login = self.harness, "alice@agency.test"
-        host, port = info["smtp"]["host"], info["smtp"]["ports"]["ssl"]
-        context = mailbox.tls_context()
-        context.load_verify_locations(info["ca_file"])
-        for session in (
-            smtplib.SMTP_SSL(host, port, context=context, timeout=10),
-            mailbox.SMTP_SSL(host, port, context=context, timeout=10),
-        ):
-            with session:
-                session.login(login, info["mailboxes"][login])
-                session.sendmail(login, ["student2@school.test"], raw)
-        ours, stdlib = (m["data"] for m in reversed(self.smtp.messages()))
-        self.assertEqual(ours, stdlib)
-        self.assertTrue(stdlib.startswith(raw.decode()))
