@@ -23,6 +23,8 @@ MAILBOXES = [
     "student2@school.test",
     "cpanel@agency.test",
 ]
+# The agency-scale benchmark's consultants (bench/): mailboxes no test reads.
+MAILBOXES += [f"consultant{i:02}@agency.test" for i in range(1, 21)]
 # Dovecot settings of one mailbox (userdb extra fields). cpanel@ is a cPanel-like
 # host: folders under "INBOX." with "." as separator, no folder flagged \Sent,
 # and no message over 1 MB accepted.

@@ -4,6 +4,7 @@ import re
 import threading
 import time
 import zlib
+from collections import defaultdict
 from datetime import timedelta, timezone
 
 from psycopg2.extensions import TransactionRollbackError
@@ -24,6 +25,8 @@ KEEP_DONE = timedelta(days=7)
 WAIT_FOR_CHUNKS = timedelta(hours=1)
 RECHECK = timedelta(minutes=1)
 READ_CHUNK = 4 * 1024 * 1024  # bytes of a message read per query
+# copies a run claims at once: 1, then twice as many each time, up to CLAIM_MOST
+CLAIM_MOST = 64
 HEAD_CHUNK = 64 * 1024
 _COLLECT_LOCK = zlib.crc32(b"ally_smtp.sent_copy.collect")
 # headers of the SMTP transaction that a mail client's Sent copy does not carry
@@ -70,6 +73,27 @@ def _merge(values):
             seen.add(key)
             result.append((name, address.strip()))
     return result
+
+
+# lock a claimed copy (still this run's) and read the start of its message
+_LOAD = """
+    SELECT c.id, p.id, octet_length(p.raw), substring(p.raw FROM 1 FOR %s)
+      FROM ally_smtp_sent_copy c
+      LEFT JOIN LATERAL (
+            SELECT id, raw FROM ally_smtp_sent_copy_part
+             WHERE copy_id = c.id AND raw IS NOT NULL
+             ORDER BY id LIMIT 1
+      ) p ON TRUE
+     WHERE c.id = %s AND c.state = 'filing' AND c.attempts = %s
+       FOR UPDATE OF c
+"""
+
+
+class _Filed(list):
+    """``(copy id, state)`` filed since the last commit; the first ``written``
+    are marked so in the database (not committed yet)."""
+
+    written = 0
 
 
 def _header(name, pairs):
@@ -227,7 +251,7 @@ class AllySmtpSentCopy(models.Model):
             rows = cr.fetchall()
             self.env.invalidate_all()
             pending = {copy_id for copy_id, state in rows if state == "pending"}
-            self.browse(sorted(pending))._ally_smtp_merge()
+            self._ally_smtp_summarize(sorted(pending))
             self._ally_smtp_commit()
         except TransactionRollbackError as exc:
             self._ally_smtp_rollback()
@@ -235,38 +259,70 @@ class AllySmtpSentCopy(models.Model):
             return 0
         return len(rows)
 
-    def _ally_smtp_merge(self):
+    @api.model
+    def _ally_smtp_summarize(self, copy_ids):
+        """Show what pending copies hold so far (one query for all of them);
+        ``_ally_smtp_merge`` makes the exact list when a copy is filed."""
+        if copy_ids:
+            self._ally_smtp_sql(
+                """UPDATE ally_smtp_sent_copy c
+                      SET recipients = s.recipients, cc = s.cc, size = s.size
+                     FROM (SELECT copy_id,
+                                  string_agg(DISTINCT NULLIF(recipients, ''), ', ')
+                                      AS recipients,
+                                  string_agg(DISTINCT NULLIF(cc, ''), ', ') AS cc,
+                                  max(octet_length(raw)) AS size
+                             FROM ally_smtp_sent_copy_part
+                            WHERE copy_id = ANY(%s)
+                            GROUP BY copy_id) s
+                    WHERE c.id = s.copy_id""",
+                [copy_ids],
+            )
+            self.browse(copy_ids).invalidate_recordset(["recipients", "cc", "size"])
+
+    def _ally_smtp_merge(self, values=None):
         """Every recipient of every part, each once; the size of the message.
 
         Takes the parts sent since the copy was gathered too, in the snapshot
-        that found the message sent completely.
+        that found the message sent completely. A few queries for any number
+        of copies; ``values`` (``{copy id: values}``) are written with them.
         """
+        if not self:
+            return
         cr = self.env.cr
+        self._ally_smtp_sql(
+            """UPDATE ally_smtp_sent_copy_part p SET copy_id = c.id
+                 FROM ally_smtp_sent_copy c
+                WHERE c.id = ANY(%s) AND p.copy_id IS NULL
+                  AND p.user_id = c.user_id AND p.message_id = c.message_id""",
+            [self.ids],
+        )
+        self._ally_smtp_sql(
+            """SELECT copy_id, recipients, cc, sent_at, octet_length(raw)
+                 FROM ally_smtp_sent_copy_part
+                WHERE copy_id = ANY(%s) ORDER BY id""",
+            [self.ids],
+        )
+        parts = defaultdict(list)
+        for row in cr.fetchall():
+            parts[row[0]].append(row[1:])
+        self.env["ally.smtp.sent.copy.part"].invalidate_model(["copy_id"])
+        self.invalidate_recordset(["part_ids"])
         for copy in self:
-            self._ally_smtp_sql(
-                """UPDATE ally_smtp_sent_copy_part SET copy_id = %s
-                    WHERE copy_id IS NULL AND user_id = %s AND message_id = %s""",
-                [copy.id, copy.user_id.id, copy.message_id],
-            )
-            self.env["ally.smtp.sent.copy.part"].invalidate_model(["copy_id"])
-            copy.invalidate_recordset(["part_ids"])
-            parts = copy.part_ids
-            self._ally_smtp_sql(
-                """SELECT octet_length(raw) FROM ally_smtp_sent_copy_part
-                    WHERE copy_id = %s AND raw IS NOT NULL ORDER BY id LIMIT 1""",
-                [copy.id],
-            )
-            row = cr.fetchone()
-            to = _merge(parts.mapped("recipients"))
-            cc = _merge(parts.mapped("cc"))
-            copy.write(
-                {
-                    "recipients": ", ".join(email.utils.formataddr(p) for p in to),
-                    "cc": ", ".join(email.utils.formataddr(p) for p in cc),
-                    "first_sent": min(parts.mapped("sent_at")),
-                    "size": row[0] if row else 0,
-                }
-            )
+            merged = dict((values or {}).get(copy.id, {}))
+            rows = parts.get(copy.id)
+            if rows:
+                to = _merge([row[0] for row in rows])
+                cc = _merge([row[1] for row in rows])
+                sizes = [row[3] for row in rows if row[3] is not None]
+                merged.update(
+                    recipients=", ".join(email.utils.formataddr(p) for p in to),
+                    cc=", ".join(email.utils.formataddr(p) for p in cc),
+                    first_sent=min(row[2] for row in rows),
+                    size=sizes[0] if sizes else 0,
+                )
+            if merged:
+                copy.write(merged)
 
     @api.model
     def _ally_smtp_count(self, condition):
@@ -319,18 +375,24 @@ class AllySmtpSentCopy(models.Model):
     def _ally_smtp_file_user(self, user, deadline):
         """File ``user``'s ready copies over one IMAP session; return how many.
 
-        Files at least one copy, then stops at ``deadline``.
+        Files at least one copy, then stops at ``deadline``. Copies are claimed
+        a few at a time (1, 2, 4, ... up to ``CLAIM_MOST``) and what a batch
+        filed is committed at its end: a run that dies in a batch leaves its
+        copies 'filing', looked for in the folder before they are added again.
         """
         company = user.company_id
         host = (company.ally_smtp_imap_host or "").strip()
         port = company.ally_smtp_imap_port
         done, copy, imap, folder = 0, self.browse(), None, None
+        size, claimed, filed = 1, self.browse(), _Filed()
         try:
             while not done or time.monotonic() < deadline:
-                copy = self._ally_smtp_claim(user)
-                if not copy:
+                claimed = self._ally_smtp_claim(user, size)
+                if not claimed:
                     break
+                size = min(2 * size, CLAIM_MOST)
                 if folder is None:
+                    copy = claimed[0]  # the copy a failure to log in is noted on
                     if not host:
                         raise mailbox.FolderMissing(
                             _("No IMAP server is set up for the agency.")
@@ -338,20 +400,33 @@ class AllySmtpSentCopy(models.Model):
                     imap = company._ally_smtp_open_imap()
                     imap.login(user.ally_smtp_email, user._ally_smtp_password())
                     folder = mailbox.SentFolder(imap, user.ally_smtp_sent_folder)
-                try:
-                    filed = copy._ally_smtp_file(folder, company.ally_smtp_sent_copy)
-                except mailbox.TooBig as exc:  # this copy only; go on with the rest
-                    copy._ally_smtp_failed(user, exc, host, port)
-                    filed = True
+                for copy in claimed:
+                    if done and time.monotonic() >= deadline:
+                        break
+                    try:
+                        done += copy._ally_smtp_file(
+                            folder, company.ally_smtp_sent_copy, filed
+                        )
+                    except mailbox.TooBig as exc:  # this copy only; go on
+                        copy._ally_smtp_failed(user, exc, host, port)
+                        done += 1
+                    claimed -= copy
+                copy = self.browse()
+                self._ally_smtp_finish(filed)
+                claimed._ally_smtp_release()
                 self._ally_smtp_commit()
+                filed, claimed = _Filed(), self.browse()
                 self._ally_smtp_remember(user, folder.name)
-                done, copy = done + filed, self.browse()
         except TransactionRollbackError as exc:
             self._ally_smtp_rollback()  # another run files this user's copies
             _logger.info("ally_smtp: Sent copies of user %s: %s", user.id, exc)
         except Exception as exc:  # noqa: BLE001 - retried, then shown to the user
             self._ally_smtp_rollback()
             try:
+                # what reached the folder before the failure stays filed
+                filed.written = 0
+                self._ally_smtp_finish(filed)
+                (claimed - copy)._ally_smtp_release()
                 kind, message = copy._ally_smtp_failed(user, exc, host, port)
                 if kind == errors.AUTH:
                     user._ally_smtp_auth_failed(message)
@@ -380,13 +455,15 @@ class AllySmtpSentCopy(models.Model):
         self._ally_smtp_commit()
 
     @api.model
-    def _ally_smtp_claim(self, user):
-        """Take the next ready copy of ``user`` for this run, or nothing.
+    def _ally_smtp_claim(self, user, limit=1):
+        """Take the next ready copies of ``user`` (at most ``limit``) for this
+        run, or nothing.
 
         ``FOR UPDATE SKIP LOCKED`` keeps two runs off the same copy; the
         claim ('filing', the next attempt number, a retry time) is committed
-        before anything is sent to IMAP. The copy comes back with the attempt
-        number in its context: the run that files it must still own it.
+        before anything is sent to IMAP. The copies come back with their
+        attempt numbers in their context: the run that files one must still
+        own it.
         """
         cr = self.env.cr
         now = fields.Datetime.now()
@@ -394,86 +471,149 @@ class AllySmtpSentCopy(models.Model):
             self._ally_smtp_commit()  # a fresh snapshot sees the others' claims
             self._ally_smtp_sql(
                 SQL(
-                    """SELECT c.id, c.state FROM ally_smtp_sent_copy c
+                    """SELECT c.id, c.state, c.attempts FROM ally_smtp_sent_copy c
                         WHERE c.user_id = %s AND %s
                         ORDER BY c.id
-                        LIMIT 1
+                        LIMIT %s
                           FOR UPDATE OF c SKIP LOCKED""",
                     user.id,
                     _condition(_READY),
+                    limit,
                 )
             )
-            row = cr.fetchone()
-            if not row:
+            rows = cr.fetchall()
+            if not rows:
                 self._ally_smtp_commit()
                 return self.browse()
-            copy, interrupted = self.browse(row[0]), row[1] == "filing"
-            copy.invalidate_recordset()
-            if interrupted and copy.attempts >= MAX_ATTEMPTS:
-                _logger.warning(
-                    "ally_smtp: Sent copy %s for user %s not filed: interrupted "
-                    "%s times",
-                    copy.message_id,
-                    user.id,
-                    copy.attempts,
-                )
-                copy.write(
-                    {
-                        "state": "failed",
-                        "last_error": _(
-                            "Filing this copy was interrupted %(count)s times.",
-                            count=copy.attempts,
-                        ),
-                    }
-                )
+            self.browse([row[0] for row in rows]).invalidate_recordset()
+            copies = self.browse()
+            interrupted = {r[0] for r in rows if r[1] == "filing"}
+            for copy_id, state, attempts in rows:
+                copy = self.browse(copy_id)
+                if state == "filing" and attempts >= MAX_ATTEMPTS:
+                    copy._ally_smtp_tired()
+                else:
+                    copies |= copy
+            if not copies:
                 self._ally_smtp_commit()
                 continue
-            copy._ally_smtp_merge()
-            attempt = copy.attempts + 1
-            copy.write(
+            attempts = {r[0]: r[2] for r in rows if r[0] in copies.ids}
+            copies._ally_smtp_merge(
                 {
-                    "state": "filing",
-                    "attempts": attempt,
-                    "next_try": now + FIRST_DELAY * 2**copy.attempts,
-                    "verify": copy.verify or interrupted,
+                    copy.id: {
+                        "state": "filing",
+                        "attempts": attempts[copy.id] + 1,
+                        "next_try": now + FIRST_DELAY * 2 ** attempts[copy.id],
+                        "verify": copy.verify or copy.id in interrupted,
+                    }
+                    for copy in copies
                 }
             )
             self._ally_smtp_commit()
-            return copy.with_context(ally_smtp_attempt=attempt)
+            claimed = tuple((copy_id, n + 1) for copy_id, n in attempts.items())
+            return copies.with_context(ally_smtp_attempts=claimed)
 
-    def _ally_smtp_file(self, folder, mode):
+    def _ally_smtp_tired(self):
+        """A copy whose filing was interrupted too often is given up."""
+        _logger.warning(
+            "ally_smtp: Sent copy %s for user %s not filed: interrupted %s times",
+            self.message_id,
+            self.user_id.id,
+            self.attempts,
+        )
+        self.write(
+            {
+                "state": "failed",
+                "last_error": _(
+                    "Filing this copy was interrupted %(count)s times.",
+                    count=self.attempts,
+                ),
+            }
+        )
+
+    def _ally_smtp_release(self):
+        """Give back claimed copies this run did not get to (time is up)."""
+        if self:
+            self._ally_smtp_sql(
+                """UPDATE ally_smtp_sent_copy
+                      SET state = 'pending', attempts = attempts - 1, next_try = %s
+                    WHERE id = ANY(%s) AND state = 'filing'""",
+                [fields.Datetime.now(), self.ids],
+            )
+            self.invalidate_recordset(["state", "attempts", "next_try"])
+
+    def _ally_smtp_file(self, folder, mode, filed):
         """APPEND this claimed copy, holding its row until it is marked done.
 
         The row lock keeps another run from taking the copy over while the
-        APPEND is under way (its claim query skips locked rows).
+        APPEND is under way (its claim query skips locked rows). ``filed``
+        lists the ``(copy id, state)`` filed since the last commit; those not
+        written yet are written in the same round trip as this copy's lock.
         """
         self.ensure_one()
         cr = self.env.cr
-        self._ally_smtp_sql(
-            """SELECT id FROM ally_smtp_sent_copy
-                WHERE id = %s AND state = 'filing' AND attempts = %s
-                  FOR UPDATE""",
-            [self.id, self.env.context.get("ally_smtp_attempt")],
-        )
-        if not cr.fetchone():  # taken over by another run meanwhile
+        self.env.flush_all()
+        attempt = dict(self.env.context.get("ally_smtp_attempts", ())).get(self.id)
+        query = SQL(_LOAD, HEAD_CHUNK, self.id, attempt)
+        if filed.written < len(filed):
+            query = SQL("%s; %s", self._ally_smtp_finish_sql(filed), query)
+        cr.execute(query)
+        row = cr.fetchone()
+        if not row:  # taken over by another run meanwhile
             return False
         if (mode == "auto" or self.verify) and folder.has_message(self.message_id):
-            self._ally_smtp_finish("done" if self.verify else "skipped")
+            filed.append((self.id, "done" if self.verify else "skipped"))
             return True
-        raw = self._ally_smtp_load()
+        raw = self._ally_smtp_load(*row[1:])
         date = (self.first_sent or fields.Datetime.now()).replace(tzinfo=timezone.utc)
         folder.append(raw, date)
         del raw
-        self._ally_smtp_finish("done")
+        filed.append((self.id, "done"))
         return True
 
-    def _ally_smtp_finish(self, state):
-        self.write({"state": state, "last_error": False})
-        # a mail still queued for a retry needs its parts: whom it reached
-        parts = self.part_ids
-        domain = [("id", "in", parts.mapped("mail_id")), ("state", "=", "outgoing")]
-        queued = self.env["mail.mail"].sudo().search(domain).ids
-        parts.filtered(lambda part: part.mail_id not in queued).unlink()
+    @api.model
+    def _ally_smtp_finish_sql(self, filed):
+        """Mark what ``filed`` did not write yet as filed; drop their parts."""
+        now = fields.Datetime.now()
+        todo, filed.written = filed[filed.written :], len(filed)
+        queries = []
+        for state in ("done", "skipped"):
+            ids = [copy_id for copy_id, s in todo if s == state]
+            if ids:
+                queries.append(
+                    SQL(
+                        """UPDATE ally_smtp_sent_copy
+                              SET state = %s, last_error = NULL,
+                                  write_date = %s, write_uid = %s
+                            WHERE id = ANY(%s)""",
+                        state,
+                        now,
+                        self.env.uid,
+                        ids,
+                    )
+                )
+        ids = [copy_id for copy_id, _s in todo]
+        # a mail still queued for a retry keeps its parts: whom it reached
+        queries.append(
+            SQL(
+                """DELETE FROM ally_smtp_sent_copy_part part
+                    WHERE part.copy_id = ANY(%s)
+                      AND NOT EXISTS (
+                          SELECT 1 FROM mail_mail mail
+                           WHERE mail.id = part.mail_id AND mail.state = 'outgoing'
+                      )""",
+                ids,
+            )
+        )
+        self.invalidate_model(["state", "last_error", "write_date", "write_uid"])
+        self.env["ally.smtp.sent.copy.part"].invalidate_model()
+        self.invalidate_model(["part_ids"])
+        return SQL("; ").join(queries)
+
+    @api.model
+    def _ally_smtp_finish(self, filed):
+        if filed.written < len(filed):
+            self._ally_smtp_sql(self._ally_smtp_finish_sql(filed))
 
     def _ally_smtp_failed(self, user, exc, host, port):
         """Note why this copy (if any) was not filed: ``(kind, message)``."""
@@ -514,22 +654,17 @@ class AllySmtpSentCopy(models.Model):
             ]
         ).write({"next_try": now + FIRST_DELAY, "last_error": message})
 
-    def _ally_smtp_load(self):
+    def _ally_smtp_load(self, part_id, size, head):
         """The bytes to file: as sent, with every recipient in To and Cc.
 
-        Read from the database in pieces straight into their place, so that
-        the message exists once in memory (imaplib makes one more copy).
+        ``head`` is the start of the message (part ``part_id``, ``size``
+        bytes). The rest is read from the database in pieces straight into
+        its place, so that the message exists once in memory (imaplib makes
+        one more copy).
         """
         cr = self.env.cr
-        self._ally_smtp_sql(
-            """SELECT id, octet_length(raw) FROM ally_smtp_sent_copy_part
-                WHERE copy_id = %s AND raw IS NOT NULL ORDER BY id LIMIT 1""",
-            [self.id],
-        )
-        row = cr.fetchone()
-        if not row:
+        if part_id is None:
             raise mailbox.FolderMissing(_("The content of this copy was not kept."))
-        part_id, size = row
 
         def read(start, length):
             self._ally_smtp_sql(
@@ -539,14 +674,14 @@ class AllySmtpSentCopy(models.Model):
             )
             return cr.fetchone()[0]
 
-        head, pos = bytearray(), 0
-        while pos < size:
+        head = bytearray(head)
+        pos = len(head)
+        end = head.find(b"\r\n\r\n")
+        while end < 0 and pos < size:
             head += read(pos, HEAD_CHUNK)
             pos = len(head)
             end = head.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-        else:
+        if end < 0:
             end = len(head)
         header = _DROP.sub(b"", bytes(head[:end]) + b"\r\n").rstrip(b"\r\n")
         header += _header(b"To", _merge([self.recipients]))
