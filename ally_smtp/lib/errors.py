@@ -1,6 +1,7 @@
 """Turn what a mail server said into a sentence a consultant can act on."""
 
 import imaplib
+import re
 import smtplib
 import socket
 import ssl
@@ -34,7 +35,7 @@ QUOTAS = [
     # Gmail, "454 4.7.0 Too many login attempts, please try again later" and
     # "421 4.7.0 ... unusual rate" (Gmail SMTP errors and codes, answer 3726730)
     ("4.7.0", ("too many",), timedelta(minutes=30)),
-    ("4.7.0", ("rate",), timedelta(minutes=30)),
+    ("4.7.0", ("unusual rate",), timedelta(minutes=30)),
     # any other server: its words for a sending quota or rate
     ("", ("quota",), HOUR),
     ("", ("rate limit",), timedelta(minutes=15)),
@@ -43,16 +44,23 @@ QUOTAS = [
 ]
 # about one message or one recipient's full mailbox ("452 4.2.2 The email
 # account that you tried to reach is over quota"), not about the sender
-NOT_QUOTA = ("size", "5.3.4", "too many recipients", "4.5.3", "5.5.3", "4.2.2", "5.2.2")
+NOT_QUOTA = re.compile(
+    r"\b(size|too many recipients)\b"
+    r"|(?<![\d.])(4\.2\.2|5\.2\.2|5\.3\.4|4\.5\.3|5\.5\.3)(?![\d.])"
+)
 
 
 def quota_window(reply):
     """The window a quota ``reply`` (text of an SMTP reply) asks to wait, or None."""
     lower = reply.lower()
-    if any(word in lower for word in NOT_QUOTA):
+    if NOT_QUOTA.search(lower):
         return None
     for code, words, window in QUOTAS:
-        if (not code or code in reply) and all(word in lower for word in words):
+        # an enhanced status code, not a piece of an address or a version
+        has_code = not code or re.search(
+            rf"(?<![\d.]){re.escape(code)}(?![\d.])", reply
+        )
+        if has_code and all(word in lower for word in words):
             return window
     return None
 

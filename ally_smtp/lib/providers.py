@@ -52,7 +52,8 @@ PRESETS = {
 # iCloud 1,000/day; HostGator 500/hour; Hostinger from 1,000/day by plan).
 # Outlook.com runs on Exchange Online, whose per-minute limit it shares.
 LIMITS = {
-    "gmail": (0, 0, 2000, 0),
+    # a free Gmail account: about 500; Google Workspace admins raise it to 2,000
+    "gmail": (0, 0, 500, 0),
     "microsoft365": (30, 0, 0, 10000),
     "outlook": (30, 0, 0, 0),
     "icloud": (0, 0, 1000, 0),

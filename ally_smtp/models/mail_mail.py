@@ -1,4 +1,3 @@
-import itertools
 import logging
 from collections import defaultdict
 from datetime import timedelta
@@ -58,6 +57,9 @@ class MailMail(models.Model):
     ally_smtp_attempts = fields.Integer(
         "Delivery attempts", copy=False, readonly=True, default=0
     )
+    # kept queued after an attempt (a retry, a quota): it may have reached
+    # some recipients already, whom sending it again leaves out
+    ally_smtp_tried = fields.Boolean("Attempted before", copy=False, readonly=True)
 
     # what is sent: once someone but the author changed it, it is not the
     # author's own mail any more and never leaves from the author's mailbox
@@ -103,17 +105,19 @@ class MailMail(models.Model):
             self.env["ir.config_parameter"].sudo().get_param("mail.session.batch.size")
             or 1000
         )
-        queues = []
-        for server, mail_ids in by_server.items():
-            mails = self.browse(mail_ids)._ally_smtp_pace(server.ally_smtp_owner_id)
-            if mails:
-                queues.append((server, list(tools.split_every(size, mails.ids))))
-        queues.sort(key=lambda queue: sum(map(len, queue[1])))
-        for batches in itertools.zip_longest(*(queue[1] for queue in queues)):
-            for (server, _queue), batch_ids in zip(queues, batches, strict=True):
-                if not batch_ids:
-                    continue
+        queues = sorted(by_server.items(), key=lambda queue: len(queue[1]))
+        batches = {}
+        while queues:
+            for server, mail_ids in list(queues):
                 user = server.ally_smtp_owner_id
+                if server not in batches:
+                    # paced when its turn comes: the window counts from then
+                    mails = self.browse(mail_ids)._ally_smtp_pace(user)
+                    batches[server] = tools.split_every(size, mails.ids)
+                batch_ids = next(batches[server], None)
+                if not batch_ids:
+                    queues.remove((server, mail_ids))
+                    continue
                 smtp_from = tools.formataddr((user.name, server.from_filter))
                 with granted(server):
                     # no alias domain: the envelope must stay the user's mailbox
@@ -190,14 +194,14 @@ class MailMail(models.Model):
         already reached are known by their notification, marked sent when the
         mail was kept queued (``_postprocess_sent_message``), and, with Sent
         copies on, by the ``ally.smtp.sent.copy.part`` rows of the mail (also
-        addresses without a partner). Only a mail that failed or waited before
-        (it has a ``failure_reason``) is looked up.
+        addresses without a partner). Only a mail kept queued after an
+        attempt (``ally_smtp_tried``) is looked up.
         """
         emails = super()._prepare_outgoing_list(mail_server=mail_server, **kwargs)
         if not (mail_server and mail_server.sudo().ally_smtp_owner_id):
             return emails
         self.env.cr.postcommit.data[SENDING] = self.id
-        if not self.failure_reason:
+        if not self.ally_smtp_tried:
             return emails
         reached = (
             self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_reached(self.id)
@@ -316,6 +320,7 @@ class MailMail(models.Model):
             user = mail.sudo().mail_message_id.create_uid
             until = user.ally_smtp_paused_until or fields.Datetime.now() + pacing.HOUR
             mail._ally_smtp_wait(until, user.ally_smtp_pause_reason or failure_reason)
+        waiting.sudo().ally_smtp_tried = True
         if kinds and failure_type in ("mail_smtp", "unknown"):
             temporary = self.filtered(
                 lambda mail: (
@@ -364,6 +369,7 @@ class MailMail(models.Model):
                     "state": "outgoing",
                     "scheduled_date": when,
                     "ally_smtp_attempts": mail.ally_smtp_attempts + 1,
+                    "ally_smtp_tried": True,
                 }
             )
             cron._trigger(at=when)

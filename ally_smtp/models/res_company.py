@@ -91,8 +91,9 @@ class ResCompany(models.Model):
     )
     ally_smtp_limit_day = fields.Integer(
         "Messages per day",
-        help="Per mailbox, over the last 24 hours. 0: no limit. Google "
-        "Workspace allows 2,000, a free Gmail account about 500.",
+        help="Per mailbox, over the last 24 hours. 0: no limit. A free Gmail "
+        "account allows about 500 (the Gmail preset's figure), Google Workspace "
+        "2,000.",
     )
     ally_smtp_limit_recipients_day = fields.Integer(
         "Recipients per day",

@@ -1,6 +1,8 @@
 import logging
 import smtplib
 
+from psycopg2.errors import TransactionRollbackError
+
 from odoo import _, api, fields, models, tools
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import email_normalize, email_split
@@ -394,9 +396,17 @@ class ResUsers(models.Model):
         older = [row[0] for row in history if row[0] <= now - pacing.HOUR]
         if older and window > pacing.HOUR:
             until = max(until, older[0] + window)
-        self.sudo().write(
-            {"ally_smtp_paused_until": until, "ally_smtp_pause_reason": reason}
-        )
+        try:
+            # a worker that met the same quota at once may have paused it
+            # already: its pause stands, and this send transaction goes on
+            with self.env.cr.savepoint():
+                self.sudo().write(
+                    {"ally_smtp_paused_until": until, "ally_smtp_pause_reason": reason}
+                )
+        except TransactionRollbackError:
+            self.invalidate_recordset(
+                ["ally_smtp_paused_until", "ally_smtp_pause_reason"]
+            )
         _logger.info("ally_smtp: mailbox of user %s paused until %s", self.id, until)
         user = self.with_context(lang=self.lang, tz=self.tz or "UTC")
         self.env["bus.bus"]._sendone(

@@ -114,7 +114,7 @@ class TestLimits(AllySmtpCase):
         small = self.queue(self.alice, "small")
         self.run_queue()
         self.assertEqual(self.subjects(), {"big": 3})
-        self.assertEqual(small.state, "outgoing")
+        self.assert_waiting(small, NOW + pacing.MINUTE, "2 messages per minute")
 
     def test_other_mailboxes_are_not_paced_by_one(self):
         self.company.ally_smtp_limit_minute = 1
@@ -275,6 +275,9 @@ class TestLimits(AllySmtpCase):
             "454 4.7.0 Too many login attempts, please try again later.": (
                 timedelta(minutes=30)
             ),
+            "421 4.7.0 [10.45.2.2] Our system has detected an unusual rate of "
+            "unsolicited mail": timedelta(minutes=30),
+            "550 5.4.5 [10.4.2.2] Daily user sending limit exceeded": pacing.DAY,
         }
         for reply, window in quotas.items():
             self.assertEqual(errors.quota_window(reply), window, reply)
@@ -283,6 +286,10 @@ class TestLimits(AllySmtpCase):
             "452 4.2.2 The email account that you tried to reach is over quota",
             "452 4.5.3 Your message has too many recipients",
             "451 4.3.0 Try again later",
+            (
+                "421 4.7.0 Try again later, closing connection (TLS negotiation "
+                "failed; a separate issue)"
+            ),
             "535 5.7.8 Username and Password not accepted",
         ):
             self.assertIsNone(errors.quota_window(reply), reply)
@@ -292,7 +299,7 @@ class TestLimits(AllySmtpCase):
         self.assertEqual(
             preset_values("microsoft365")["ally_smtp_limit_recipients_day"], 10000
         )
-        self.assertEqual(preset_values("gmail")["ally_smtp_limit_day"], 2000)
+        self.assertEqual(preset_values("gmail")["ally_smtp_limit_day"], 500)
         self.assertEqual(preset_values("hostgator")["ally_smtp_limit_hour"], 500)
 
     def test_plan(self):
