@@ -14,6 +14,11 @@ from .pacing import DAY, HOUR
 # pause the mailbox until the provider's window reopens (a quota)
 AUTH, TEMPORARY, PERMANENT, CONFIG = "auth", "temporary", "permanent", "config"
 QUOTA = "quota"
+# a reply that only reads like a quota (a generic rule below): the mailbox is
+# paused all the same, but the mail counts the attempt, so that a per-message
+# problem worded so ends in a failure instead of pausing the mailbox forever
+QUOTA_UNSURE = "quota_unsure"
+QUOTA_KINDS = (QUOTA, QUOTA_UNSURE)
 
 # Replies that mean "this mailbox sent too much": (status code, words that must
 # all appear, lower case; the window that must reopen). First match wins.
@@ -36,12 +41,13 @@ QUOTAS = [
     # "421 4.7.0 ... unusual rate" (Gmail SMTP errors and codes, answer 3726730)
     ("4.7.0", ("too many",), timedelta(minutes=30)),
     ("4.7.0", ("unusual rate",), timedelta(minutes=30)),
-    # any other server: its words for a sending quota or rate
+    # any other server: its words for a sending quota or rate (GENERIC)
     ("", ("quota",), HOUR),
     ("", ("rate limit",), timedelta(minutes=15)),
     ("", ("sending limit",), HOUR),
     ("", ("limit exceeded",), HOUR),
 ]
+GENERIC = len(QUOTAS) - 4  # the first rule that is no provider's documented reply
 # about one message or one recipient's full mailbox ("452 4.2.2 The email
 # account that you tried to reach is over quota"), not about the sender
 NOT_QUOTA = re.compile(
@@ -50,19 +56,26 @@ NOT_QUOTA = re.compile(
 )
 
 
-def quota_window(reply):
-    """The window a quota ``reply`` (text of an SMTP reply) asks to wait, or None."""
+def quota_rule(reply):
+    """``(window, sure)`` for a quota ``reply`` (text of an SMTP reply), else
+    ``(None, False)``: the window to wait, and whether a provider documents
+    that reply (else only its words read like a quota)."""
     lower = reply.lower()
     if NOT_QUOTA.search(lower):
-        return None
-    for code, words, window in QUOTAS:
+        return None, False
+    for index, (code, words, window) in enumerate(QUOTAS):
         # an enhanced status code, not a piece of an address or a version
         has_code = not code or re.search(
             rf"(?<![\d.]){re.escape(code)}(?![\d.])", reply
         )
         if has_code and all(word in lower for word in words):
-            return window
-    return None
+            return window, index < GENERIC
+    return None, False
+
+
+def quota_window(reply):
+    """The window a quota ``reply`` asks to wait, or None."""
+    return quota_rule(reply)[0]
 
 
 def pause_window(exc):
@@ -105,10 +118,11 @@ def _classify_reply(env, exc, host, login):
     _ = env._
     reply = _reply(exc)
     lower = reply.lower()
-    if quota_window(reply):
+    window, sure = quota_rule(reply)
+    if window:
         # before the password: "454 4.7.0 Too many login attempts" is no
         # wrong password, and a quota is never the user's fault
-        return QUOTA, _(
+        return QUOTA if sure else QUOTA_UNSURE, _(
             "The mailbox %(login)s reached its provider's sending limit "
             "(%(reply)s). Its mail waits and leaves by itself once the limit "
             "allows it again.",

@@ -73,7 +73,7 @@ def _failed(user, kind, message, exc=None):
     user.env.cr.postcommit.data.setdefault(FAILURES, {})[user.id] = kind
     if kind == errors.AUTH:
         user._ally_smtp_auth_failed(message)
-    if kind == errors.QUOTA and exc is not None:
+    if kind in errors.QUOTA_KINDS and exc is not None:
         user._ally_smtp_pause(errors.pause_window(exc), message)
     error = AllySmtpDeliveryError(message)
     error.ally_smtp_kind = kind
@@ -202,7 +202,7 @@ class IrMailServer(models.Model):
             cause = exc.__context__ or exc
             env = self.with_context(lang=owner.lang).env
             kind, text = errors.classify(env, cause, login=owner.ally_smtp_email)
-            if kind == errors.QUOTA:
+            if kind in errors.QUOTA_KINDS:
                 session.ally_smtp_paused = text
             raise _failed(owner, kind, text, cause) from exc
         self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_record(session, message)

@@ -42,7 +42,7 @@ class _RetriesQuietly(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, AllySmtpDeliveryError) and getattr(
             exc, "ally_smtp_kind", None
-        ) in (errors.TEMPORARY, errors.QUOTA):
+        ) in (errors.TEMPORARY, *errors.QUOTA_KINDS):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
         return True
@@ -325,7 +325,7 @@ class MailMail(models.Model):
             temporary = self.filtered(
                 lambda mail: (
                     kinds.get(mail.sudo().mail_message_id.create_uid.id)
-                    == errors.TEMPORARY
+                    in (errors.TEMPORARY, errors.QUOTA_UNSURE)
                 )
             )
             retry = temporary.filtered(

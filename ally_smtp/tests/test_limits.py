@@ -216,6 +216,31 @@ class TestLimits(AllySmtpCase):
         self.run_queue()
         self.assertEqual(self.subjects(), {"later": 1})
 
+    def test_a_reply_that_only_reads_like_a_quota_counts_the_attempt(self):
+        """No provider documents this reply: the mailbox is paused all the
+        same, but the mail it came for uses its attempts, so a per-message
+        problem worded so fails that mail instead of pausing the mailbox
+        forever."""
+        reply = "550 5.7.1 Recipient limit exceeded for this message"
+        self.smtp.fail("DATA", reply, times=1)
+        culprit = self.queue(self.alice, "culprit")
+        other = self.queue(self.alice, "other")
+        self.run_queue()
+        self.assertEqual(culprit.state, "outgoing")
+        self.assertEqual(culprit.ally_smtp_attempts, 1)
+        self.assert_waiting(other, NOW + pacing.HOUR, "limit exceeded")
+        self.assertTrue(self.alice.ally_smtp_paused)
+
+        culprit.ally_smtp_attempts = 4
+        self.later(minutes=61)
+        self.smtp.fail("DATA", reply, times=1)
+        self.run_queue()
+        self.assertEqual(culprit.state, "exception")
+        self.later(minutes=61)
+        self.run_queue()
+        self.assertEqual(other.state, "sent")
+        self.assertEqual(self.subjects(), {"other": 1})
+
     def test_an_admin_can_resume_a_paused_mailbox(self):
         self.smtp.fail("DATA", "421 4.7.0 Try again later: unusual rate", times=1)
         mail = self.queue(self.alice, "resume")
