@@ -84,40 +84,7 @@ class BenchMemory(AllySmtpCase):
         self.addCleanup(self.smtp.deliver, True)
 
     def _queue(self, user, count, attachments=()):
-        messages = (
-            self.env["mail.message"]
-            .with_user(user)
-            .create(
-                [
-                    {
-                        "model": "res.partner",
-                        "res_id": self.partner.id,
-                        "body": f"bench {i}",
-                        "subject": f"bench {i}",
-                        "author_id": user.partner_id.id,
-                        "email_from": user.email_formatted,
-                        "message_type": "comment",
-                    }
-                    for i in range(count)
-                ]
-            )
-        )
-        return (
-            self.env["mail.mail"]
-            .with_user(user)
-            .sudo()
-            .create(
-                [
-                    {
-                        "mail_message_id": message.id,
-                        "recipient_ids": [Command.link(self.partner.id)],
-                        "body_html": f"<p>{message.body}</p>",
-                        "attachment_ids": [Command.set(attachments)],
-                    }
-                    for message in messages
-                ]
-            )
-        )
+        return queue_mails(self.env, user, self.partner.id, count, attachments)
 
     def test_bench_memory(self):
         data = bytes(range(256)) * (BIG // 256)
@@ -230,34 +197,7 @@ class QueueBench(TransactionCase):
         return result.get("value")
 
     def _queue(self, env, user, count):
-        messages = (
-            env["mail.message"]
-            .with_user(user)
-            .create(
-                [
-                    {
-                        "model": "res.partner",
-                        "res_id": self.partner_id,
-                        "body": f"bench {i}",
-                        "subject": f"bench {i}",
-                        "author_id": user.partner_id.id,
-                        "email_from": user.email_formatted,
-                        "message_type": "comment",
-                    }
-                    for i in range(count)
-                ]
-            )
-        )
-        env["mail.mail"].with_user(user).sudo().create(
-            [
-                {
-                    "mail_message_id": message.id,
-                    "recipient_ids": [Command.link(self.partner_id)],
-                    "body_html": f"<p>{message.body}</p>",
-                }
-                for message in messages
-            ]
-        )
+        queue_mails(env, user, self.partner_id, count)
 
     def _send(self, queue):
         """Queue with ``queue(env)``, commit, then time one queue run:
@@ -353,6 +293,63 @@ class DovecotLog:
             f.seek(mark)
             text = f.read().decode(errors="replace")
         return Counter(re.findall(r"imap-login: Info: Login: user=<([^>]*)>", text))
+
+
+def queue_mails(env, user, partner_id, count, attachments=()):
+    """``count`` mails written by ``user`` to the partner, left in the queue."""
+    messages = (
+        env["mail.message"]
+        .with_user(user)
+        .create(
+            [
+                {
+                    "model": "res.partner",
+                    "res_id": partner_id,
+                    "body": f"bench {i}",
+                    "subject": f"bench {i}",
+                    "author_id": user.partner_id.id,
+                    "email_from": user.email_formatted,
+                    "message_type": "comment",
+                }
+                for i in range(count)
+            ]
+        )
+    )
+    return (
+        env["mail.mail"]
+        .with_user(user)
+        .sudo()
+        .create(
+            [
+                {
+                    "mail_message_id": message.id,
+                    "recipient_ids": [Command.link(partner_id)],
+                    "body_html": f"<p>{message.body}</p>",
+                    "attachment_ids": [Command.set(attachments)],
+                }
+                for message in messages
+            ]
+        )
+    )
+
+
+def _print_rows(labels, seconds, base, queries, logins):
+    """One line per path: median time and rate, speed against ``base`` round
+    by round (median and range), queries per mail and logins."""
+    for label in labels:
+        runs = seconds[label]
+        ratios = [a / b for a, b in zip(base[-len(runs) :], runs, strict=True)]
+        print(
+            "%-28s %8.2f %8.1f %7.2fx (%.2f-%.2f) %9s %6s"
+            % (
+                label,
+                statistics.median(runs),
+                MAILS / statistics.median(runs),
+                *_range(ratios),
+                "%.1f" % queries[label] if label in queries else "-",
+                sum(logins[label].values()),
+            )
+        )
 
 
 def _range(values):
@@ -489,41 +486,15 @@ class BenchQueueRun(QueueBench):
             "%-28s %8s %8s %20s %9s %6s"
             % ("path", "seconds", "mails/s", "vs stock", "queries", "SMTP")
         )
-        base = seconds[stock]
-        for label in (floor, stock, never, always):
-            runs = seconds[label]
-            ratios = [a / b for a, b in zip(base[-len(runs) :], runs, strict=True)]
-            print(
-                "%-28s %8.2f %8.1f %7.2fx (%.2f-%.2f) %9s %6s"
-                % (
-                    label,
-                    statistics.median(runs),
-                    MAILS / statistics.median(runs),
-                    *_range(ratios),
-                    "%.1f" % queries[label] if label in queries else "-",
-                    sum(smtp_logins[label].values()),
-                )
-            )
+        rows = (floor, stock, never, always)
+        _print_rows(rows, seconds, seconds[stock], queries, smtp_logins)
         print(
             f"\nFiling the {MAILS} Sent copies of each 'always' round (one cron run) "
             "against a raw APPEND loop of the same messages\n"
             "%-28s %8s %8s %20s %9s %6s"
             % ("path", "seconds", "copies/s", "vs raw APPEND", "queries", "IMAP")
         )
-        for label in (append, filing):
-            runs = seconds[label]
-            ratios = [a / b for a, b in zip(seconds[append], runs, strict=True)]
-            print(
-                "%-28s %8.2f %8.1f %7.2fx (%.2f-%.2f) %9s %6s"
-                % (
-                    label,
-                    statistics.median(runs),
-                    MAILS / statistics.median(runs),
-                    *_range(ratios),
-                    "%.1f" % queries[label] if label in queries else "-",
-                    sum(imap_logins[label].values()),
-                )
-            )
+        _print_rows((append, filing), seconds, seconds[append], queries, imap_logins)
         if max(filing_runs) > 1:
             print(
                 f"(filing runs per round, stopped at their time budget: {filing_runs})"
