@@ -2,7 +2,7 @@
     "name": "Ally SMTP: send from each consultant's own mailbox",
     "summary": "Mail written in Odoo leaves through the author's own mailbox, "
     "with a copy in its Sent folder",
-    "version": "18.0.1.2.0",
+    "version": "18.0.1.3.0",
     "category": "Productivity/Discuss",
     "license": "LGPL-3",
     "author": "Ally SMTP Authors",
@@ -19,6 +19,7 @@
         "views/res_config_settings_views.xml",
         "views/res_users_views.xml",
         "views/ir_mail_server_views.xml",
+        "views/oauth_templates.xml",
     ],
     "assets": {
         "web.assets_tests": ["ally_smtp/static/tests/tours/*.js"],

@@ -42,7 +42,7 @@ def cmd_demo(args):
         install(
             odoo_path, config, DEMO_DB, "--without-demo=all", "--load-language=pt_BR"
         )
-        step("demo data: an agency, two consultants, two students")
+        step("demo data: two agencies, three consultants, two students")
         loaded = odoo_bin(
             odoo_path,
             config,
@@ -52,7 +52,11 @@ def cmd_demo(args):
             "--log-level=warn",
             input=(ROOT / "harness" / "demo_data.py").read_text(),
             text=True,
-            env={"ALLY_SMTP_HARNESS": str(services.info_file)},
+            env={
+                "ALLY_SMTP_HARNESS": str(services.info_file),
+                # the OAuth redirect URI is built from it
+                "ALLY_SMTP_DEMO_URL": f"http://localhost:{args.port}",
+            },
             subcommand=["shell"],
         )
         if loaded.returncode:
@@ -77,6 +81,9 @@ def _serve(odoo_path, config, args, info):
   admin / admin   the agency's administrator (Settings > Integrations)
   ana / ana       consultant, mailbox alice@agency.test
   bruno / bruno   consultant, mailbox bob@agency.test (provider files Sent itself)
+  carla / carla   consultant of an agency signing in with Google accounts (a
+                  local Google-like server): My Profile > Preferences >
+                  Connect Google account, Allow, and she is connected
 Open a student (Contacts: Maria Estudante), send a message, then:
   make mailbox USER=ana              # her INBOX and Sent folder
   make mailbox USER=student1@school.test

@@ -52,6 +52,12 @@ def _refuse_if_passwords_stored(env, path):
         .with_context(active_test=False)
         .search_count([("ally_smtp_password_crypt", "!=", False)], limit=1)
     )
+    if not stored and "ally.smtp.oauth.token" in env:
+        stored = (
+            env["ally.smtp.oauth.token"]
+            .sudo()
+            .search_count([("tokens_crypt", "!=", False)], limit=1)
+        )
     if not stored:
         return
     _logger.error(

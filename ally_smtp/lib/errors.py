@@ -8,6 +8,7 @@ import ssl
 from datetime import timedelta
 
 from .mailbox import FolderMissing, TooBig
+from .oauth import Problem
 from .pacing import DAY, HOUR
 
 # kinds drive the send path: stop using credentials, retry later, give up, or
@@ -19,6 +20,11 @@ QUOTA = "quota"
 # problem worded so ends in a failure instead of pausing the mailbox forever
 QUOTA_UNSURE = "quota_unsure"
 QUOTA_KINDS = (QUOTA, QUOTA_UNSURE)
+# an OAuth sign-in that only a person can mend: the user's grant is gone
+# (they reconnect), or the agency's OAuth app is refused (an admin fixes it);
+# the mail waits for them without counting an attempt
+RECONNECT, ADMIN = "reconnect", "admin"
+WAITING_KINDS = (QUOTA, RECONNECT, ADMIN)
 
 # Replies that mean "this mailbox sent too much": (status code, words that must
 # all appear, lower case; the window that must reopen). First match wins.
@@ -80,6 +86,8 @@ def quota_window(reply):
 
 def pause_window(exc):
     """The window an exception from an SMTP server asks to wait, or None."""
+    if isinstance(exc, Problem):  # an OAuth sign-in: its message says it all
+        return exc.kind, exc.message
     if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
         code, text = next(iter(exc.recipients.values()))
         exc = smtplib.SMTPResponseException(code, text)
@@ -101,6 +109,8 @@ def classify(env, exc, host="", port=0, login="", protocol="smtp"):
     ``protocol`` ("smtp" or "imap") picks the port advice: an IMAP server is
     reached on 993 (SSL/TLS), never on SMTP's 465/587.
     """
+    if isinstance(exc, Problem):  # an OAuth sign-in: its message says it all
+        return exc.kind, exc.message
     if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
         # every recipient refused: classify the first reply
         code, text = next(iter(exc.recipients.values()))
@@ -169,7 +179,9 @@ def _classify_reply(env, exc, host, login):
             login=login,
             reply=reply,
         )
-    if exc.smtp_code in (534, 535) or isinstance(exc, smtplib.SMTPAuthenticationError):
+    if exc.smtp_code in (534, 535) or (
+        isinstance(exc, smtplib.SMTPAuthenticationError) and exc.smtp_code >= 500
+    ):
         return AUTH, _(
             "The mailbox refused the password for %(login)s (%(reply)s). Enter "
             "the mailbox password again (not your Odoo password) and test it; "

@@ -62,13 +62,26 @@ LIMITS = {
 }
 
 
+# presets whose accounts sign in with OAuth: (method, Microsoft tenant)
+SIGN_IN = {
+    "gmail": ("google", False),
+    "microsoft365": ("microsoft", "organizations"),
+    # personal Microsoft accounts: password SMTP is gone since September 2024
+    "outlook": ("microsoft", "consumers"),
+}
+
+
 def preset_values(provider):
     """The ``res.company`` values a preset fills, or ``{}`` for custom."""
     if provider not in PRESETS:
         return {}
     host, port, encryption, imap_host, imap_port, sent_copy = PRESETS[provider]
     minute, hour, day, recipients = LIMITS.get(provider, (0, 0, 0, 0))
-    return {
+    method, tenant = SIGN_IN.get(provider, ("password", False))
+    values = {"ally_smtp_auth_method": method}
+    if tenant:
+        values["ally_smtp_oauth_tenant"] = tenant
+    return values | {
         "ally_smtp_limit_minute": minute,
         "ally_smtp_limit_hour": hour,
         "ally_smtp_limit_day": day,

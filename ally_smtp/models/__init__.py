@@ -1,3 +1,4 @@
+from . import ally_smtp_oauth_token
 from . import ally_smtp_send_log
 from . import ally_smtp_sent_copy
 from . import ally_smtp_sent_copy_part

@@ -332,7 +332,8 @@ class AllySmtpSentCopy(models.Model):
                 """SELECT count(*)
                      FROM ally_smtp_sent_copy c
                      JOIN res_users u ON u.id = c.user_id
-                    WHERE u.ally_smtp_state IS DISTINCT FROM 'failed' AND %s""",
+                    WHERE COALESCE(u.ally_smtp_state, '') NOT IN ('failed', 'reconnect')
+                      AND %s""",
                 condition,
             )
         )
@@ -398,7 +399,7 @@ class AllySmtpSentCopy(models.Model):
                             _("No IMAP server is set up for the agency.")
                         )
                     imap = company._ally_smtp_open_imap()
-                    imap.login(user.ally_smtp_email, user._ally_smtp_password())
+                    user._ally_smtp_sign_in_imap(imap)
                     folder = mailbox.SentFolder(imap, user.ally_smtp_sent_folder)
                 for copy in claimed:
                     if done and time.monotonic() >= deadline:
@@ -430,6 +431,8 @@ class AllySmtpSentCopy(models.Model):
                 kind, message = copy._ally_smtp_failed(user, exc, host, port)
                 if kind == errors.AUTH:
                     user._ally_smtp_auth_failed(message)
+                elif kind == errors.RECONNECT:
+                    user._ally_smtp_reconnect_needed(message)
                 self._ally_smtp_back_off(user, message)
                 self._ally_smtp_commit()
             except TransactionRollbackError:  # another run noted it meanwhile

@@ -73,6 +73,8 @@ def _failed(user, kind, message, exc=None):
     user.env.cr.postcommit.data.setdefault(FAILURES, {})[user.id] = kind
     if kind == errors.AUTH:
         user._ally_smtp_auth_failed(message)
+    if kind == errors.RECONNECT:
+        user._ally_smtp_reconnect_needed(message)
     if kind in errors.QUOTA_KINDS and exc is not None:
         user._ally_smtp_pause(errors.pause_window(exc), message)
     error = AllySmtpDeliveryError(message)
@@ -165,14 +167,14 @@ class IrMailServer(models.Model):
         user = self.ally_smtp_owner_id
         company = user.company_id
         env = self.with_context(lang=user.lang).env
-        blocked = user.with_env(env)._ally_smtp_blocked()
+        kind, blocked = user.with_env(env)._ally_smtp_block()
         if blocked:
-            raise _failed(user, errors.PERMANENT, blocked)
+            raise _failed(user, kind, blocked)
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
             connection = company._ally_smtp_open_smtp()
             try:
-                connection.login(user.ally_smtp_email, user._ally_smtp_password())
+                user.with_env(env)._ally_smtp_sign_in_smtp(connection)
             except BaseException:
                 connection.close()
                 raise

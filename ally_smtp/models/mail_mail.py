@@ -42,7 +42,7 @@ class _RetriesQuietly(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, AllySmtpDeliveryError) and getattr(
             exc, "ally_smtp_kind", None
-        ) in (errors.TEMPORARY, *errors.QUOTA_KINDS):
+        ) in (errors.TEMPORARY, *errors.QUOTA_KINDS, *errors.WAITING_KINDS):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
         return True
@@ -313,13 +313,22 @@ class MailMail(models.Model):
         retry = tired = self.browse()
         waiting = self.filtered(
             lambda mail: (
-                kinds.get(mail.sudo().mail_message_id.create_uid.id) == errors.QUOTA
+                kinds.get(mail.sudo().mail_message_id.create_uid.id)
+                in errors.WAITING_KINDS
             )
         )
         for mail in waiting:
             user = mail.sudo().mail_message_id.create_uid
-            until = user.ally_smtp_paused_until or fields.Datetime.now() + pacing.HOUR
-            mail._ally_smtp_wait(until, user.ally_smtp_pause_reason or failure_reason)
+            if kinds[user.id] == errors.QUOTA:
+                until = (
+                    user.ally_smtp_paused_until or fields.Datetime.now() + pacing.HOUR
+                )
+                mail._ally_smtp_wait(
+                    until, user.ally_smtp_pause_reason or failure_reason
+                )
+            else:  # until someone reconnects (see _ally_smtp_release), or a day
+                reason = failure_reason or mail.failure_reason
+                mail._ally_smtp_wait(fields.Datetime.now() + pacing.DAY, reason)
         waiting.sudo().ally_smtp_tried = True
         if kinds and failure_type in ("mail_smtp", "unknown"):
             temporary = self.filtered(

@@ -3,7 +3,7 @@ import logging
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError, ValidationError
 
-from ..lib import actions, errors, mailbox
+from ..lib import actions, crypto, errors, mailbox, oauth
 
 _logger = logging.getLogger(__name__)
 
@@ -16,7 +16,11 @@ SERVER_FIELDS = {
 }
 # where the users' passwords go: a change needs each owner's Test first (the
 # IMAP port is left out: the same host, and its outage is not a move)
-TRUST_FIELDS = SERVER_FIELDS | {"ally_smtp_imap_host", "ally_smtp_verify_tls"}
+TRUST_FIELDS = SERVER_FIELDS | {
+    "ally_smtp_imap_host",
+    "ally_smtp_verify_tls",
+    "ally_smtp_auth_method",
+}
 PROVIDERS = [
     ("gmail", "Gmail / Google Workspace"),
     ("microsoft365", "Microsoft 365"),
@@ -33,6 +37,23 @@ PROVIDERS = [
     ("cpanel", "cPanel hosting"),
     ("custom", "Other (custom server)"),
 ]
+AUTH_METHODS = [
+    ("password", "Mailbox password / App Password"),
+    (oauth.GOOGLE, "Google account (OAuth)"),
+    (oauth.MICROSOFT, "Microsoft account (OAuth)"),
+]
+# what a change of makes the agency's OAuth app worth trying again
+OAUTH_FIELDS = {
+    "ally_smtp_auth_method",
+    "ally_smtp_oauth_client_id",
+    "ally_smtp_oauth_secret_crypt",
+    "ally_smtp_oauth_tenant",
+}
+# Odoo's own Gmail / Outlook apps (google_gmail, microsoft_outlook): defaults
+ODOO_CLIENT_PARAMS = {
+    oauth.GOOGLE: ("google_gmail_client_id", "google_gmail_client_secret"),
+    oauth.MICROSOFT: ("microsoft_outlook_client_id", "microsoft_outlook_client_secret"),
+}
 
 
 class ResCompany(models.Model):
@@ -100,6 +121,45 @@ class ResCompany(models.Model):
         help="Per mailbox, over the last 24 hours. 0: no limit. Microsoft 365 "
         "allows 10,000.",
     )
+    ally_smtp_auth_method = fields.Selection(
+        AUTH_METHODS,
+        "Sign-in method",
+        default="password",
+        required=True,
+        help="How each user signs in to their mailbox: with its password (or an "
+        "App Password), or with their Google or Microsoft account (OAuth), "
+        "which Microsoft 365 requires from the end of December 2026.",
+    )
+    ally_smtp_oauth_client_id = fields.Char(
+        "Client ID", help="Of the app the agency registered with Google or Microsoft."
+    )
+    ally_smtp_oauth_client_secret = fields.Char(
+        "Client secret",
+        compute="_compute_ally_smtp_oauth_client_secret",
+        inverse="_inverse_ally_smtp_oauth_client_secret",
+        help="Stored encrypted; it cannot be read back.",
+    )
+    # Fernet token, as for mailbox passwords
+    ally_smtp_oauth_secret_crypt = fields.Char(groups=fields.NO_ACCESS)
+    ally_smtp_oauth_secret_set = fields.Boolean(
+        "Client secret stored", compute="_compute_ally_smtp_oauth_secret_set"
+    )
+    ally_smtp_oauth_tenant = fields.Char(
+        "Tenant",
+        default="organizations",
+        help="Microsoft: the directory (tenant) ID of the agency, needed for an "
+        "app registered for one organization (the usual case); 'organizations' "
+        "for a multi-tenant app, or 'consumers' for Outlook.com. 'common' fails "
+        "for an app registered for one organization.",
+    )
+    ally_smtp_oauth_redirect_uri = fields.Char(
+        "Redirect URI", compute="_compute_ally_smtp_oauth_redirect_uri"
+    )
+    # the provider refused the agency's app (invalid_client): OAuth sending of
+    # the company waits for an admin
+    ally_smtp_oauth_refused = fields.Text(
+        "OAuth app refused", readonly=True, groups="base.group_system"
+    )
     ally_smtp_integrated = fields.Boolean(
         "Integrated", compute="_compute_ally_smtp_integrated", store=True
     )
@@ -157,6 +217,96 @@ class ResCompany(models.Model):
                         _("%(host)s is not a server name.", host=value)
                     )
 
+    def _compute_ally_smtp_oauth_client_secret(self):
+        self.ally_smtp_oauth_client_secret = False
+
+    def _inverse_ally_smtp_oauth_client_secret(self):
+        for company in self:
+            secret = (company.ally_smtp_oauth_client_secret or "").strip()
+            if secret:  # the web client sends False for an untouched field
+                company.sudo().ally_smtp_oauth_secret_crypt = crypto.encrypt(
+                    self.env, secret
+                )
+
+    def _compute_ally_smtp_oauth_secret_set(self):
+        for company in self:
+            company.ally_smtp_oauth_secret_set = bool(
+                company.sudo().ally_smtp_oauth_secret_crypt
+                or company._ally_smtp_odoo_client()[1]
+            )
+
+    def _compute_ally_smtp_oauth_redirect_uri(self):
+        base = self.env["ir.config_parameter"].sudo().get_param("web.base.url") or ""
+        self.ally_smtp_oauth_redirect_uri = base.rstrip("/") + oauth.CALLBACK
+
+    def _ally_smtp_oauth(self):
+        """The OAuth provider users sign in with, or ``False`` (passwords)."""
+        self.ensure_one()
+        method = self.ally_smtp_auth_method
+        return method if method in (oauth.GOOGLE, oauth.MICROSOFT) else False
+
+    def _ally_smtp_odoo_client(self):
+        """Odoo's own app for this provider (its system parameters), if set."""
+        names = ODOO_CLIENT_PARAMS.get(self._ally_smtp_oauth())
+        if not names:
+            return False, False
+        get = self.env["ir.config_parameter"].sudo().get_param
+        return get(names[0]) or False, get(names[1]) or False
+
+    def _ally_smtp_oauth_client(self):
+        """``(client id, client secret)``; Odoo's own app fills what is empty."""
+        self.ensure_one()
+        odoo_id, odoo_secret = self._ally_smtp_odoo_client()
+        crypt = self.sudo().ally_smtp_oauth_secret_crypt
+        secret = crypto.decrypt(self.env, crypt) if crypt else odoo_secret
+        client_id = (self.ally_smtp_oauth_client_id or "").strip() or odoo_id
+        if not (client_id and secret):
+            raise UserError(
+                _(
+                    "Enter the client ID and client secret of the agency's app in "
+                    "Settings > Integrations > Agency email."
+                )
+            )
+        return client_id, secret
+
+    def _ally_smtp_oauth_problem(self):
+        """Why the agency's OAuth app may not be used now, or ``False``."""
+        self.ensure_one()
+        return self.sudo().ally_smtp_oauth_refused or False
+
+    def _ally_smtp_oauth_client_refused(self, exc):
+        """The provider refused the app itself: an admin's problem, said once."""
+        message = _(
+            "The %(provider)s app of the agency was refused (%(error)s): its client "
+            "ID or client secret is wrong or expired. A settings administrator must "
+            "enter a valid one in Settings > Integrations > Agency email; mail "
+            "signed in with %(provider)s waits until then.",
+            provider=dict(AUTH_METHODS).get(self.ally_smtp_auth_method),
+            error=exc.error,
+        )
+        company = self.sudo()
+        if company.ally_smtp_oauth_refused != message:
+            company.ally_smtp_oauth_refused = message
+            _logger.warning(
+                "ally_smtp: OAuth client of company %s refused (%s); its OAuth "
+                "sending waits for an administrator",
+                self.id,
+                exc.error,
+            )
+            admins = self.env.ref("base.group_system").sudo().users
+            for admin in admins.filtered(lambda u: self in u.company_ids):
+                self.env["bus.bus"]._sendone(
+                    admin.partner_id,
+                    "simple_notification",
+                    {
+                        "type": "danger",
+                        "sticky": True,
+                        "title": _("Agency email needs an administrator"),
+                        "message": message,
+                    },
+                )
+        return message
+
     @api.depends(
         "ally_smtp_enabled",
         "ally_smtp_host",
@@ -173,7 +323,16 @@ class ResCompany(models.Model):
 
     def write(self, vals):
         keys = {company: company._ally_smtp_server_key() for company in self}
+        if OAUTH_FIELDS & vals.keys() or vals.get("ally_smtp_oauth_client_secret"):
+            vals = dict(vals, ally_smtp_oauth_refused=False)
+            refused = self.sudo().filtered("ally_smtp_oauth_refused")
+        else:
+            refused = self.browse()
         result = super().write(vals)
+        if refused:  # an admin changed the app: its waiting mail goes again
+            self.env["res.users"].sudo().search(
+                [("company_id", "in", refused.ids), ("ally_smtp_use_own", "=", True)]
+            )._ally_smtp_release()
         if TRUST_FIELDS & vals.keys():
             users = (
                 self.env["res.users"]
@@ -205,6 +364,7 @@ class ResCompany(models.Model):
             raise UserError(_("Turn on 'Agency email (SMTP)' first."))
         self._ally_smtp_check_smtp()
         self._ally_smtp_check_imap()
+        self._ally_smtp_check_oauth()
         self.sudo().write(
             {
                 "ally_smtp_integrated": True,
@@ -234,6 +394,7 @@ class ResCompany(models.Model):
             try:
                 connection.ehlo_or_helo_if_needed()
                 offered = connection.has_extn("auth")
+                mechanisms = (connection.esmtp_features.get("auth") or "").upper()
             finally:
                 connection.close()
         except Exception as exc:  # noqa: BLE001 - every failure gets a message
@@ -246,6 +407,69 @@ class ResCompany(models.Model):
                     port=port,
                 )
             )
+        if self._ally_smtp_oauth() and "XOAUTH2" not in mechanisms.split():
+            raise UserError(
+                _(
+                    "%(host)s does not offer sign-in with an account (AUTH XOAUTH2) "
+                    "on port %(port)s. Check the server, or choose the sign-in "
+                    "method 'Mailbox password / App Password'.",
+                    host=host,
+                    port=port,
+                )
+            )
+
+    def _ally_smtp_check_oauth(self):
+        """The token endpoint answers, and accepts the agency's app.
+
+        It is asked to refresh a token that does not exist: 'invalid_grant'
+        means it knows the app and its secret, 'invalid_client' that it does
+        not.
+        """
+        provider = self._ally_smtp_oauth()
+        if not provider:
+            return
+        client_id, secret = self._ally_smtp_oauth_client()
+        try:
+            oauth.token_request(
+                self.env,
+                provider,
+                self.ally_smtp_oauth_tenant,
+                client_id,
+                secret,
+                grant_type="refresh_token",
+                refresh_token="ally-smtp-integration-check",
+            )
+        except oauth.Unreachable as exc:
+            raise UserError(
+                _(
+                    "The sign-in service of %(provider)s did not answer (%(detail)s). "
+                    "Try again in a moment.",
+                    provider=dict(AUTH_METHODS)[provider],
+                    detail=str(exc),
+                )
+            ) from None
+        except oauth.OAuthError as exc:
+            if exc.error in oauth.CLIENT_REFUSED:
+                raise UserError(
+                    _(
+                        "%(provider)s refused the client ID or client secret "
+                        "(%(error)s). Copy them again from the app you registered.",
+                        provider=dict(AUTH_METHODS)[provider],
+                        error=exc.error,
+                    )
+                ) from None
+            if exc.error != "invalid_grant":
+                raise UserError(
+                    _(
+                        "%(provider)s answered %(error)s: %(detail)s. Check the app "
+                        "registration and the tenant.",
+                        provider=dict(AUTH_METHODS)[provider],
+                        error=exc.error,
+                        detail=exc.description,
+                    )
+                ) from None
+        except ValueError as exc:  # an http:// endpoint that is not loopback
+            raise UserError(str(exc)) from None
 
     def _ally_smtp_check_imap(self):
         host = (self.ally_smtp_imap_host or "").strip()
@@ -270,7 +494,7 @@ class ResCompany(models.Model):
                 (self.ally_smtp_imap_host or "").strip().lower(),
                 self.ally_smtp_verify_tls,
             )
-        )
+        ) + (f"|{self._ally_smtp_oauth()}" if self._ally_smtp_oauth() else "")
 
     def _ally_smtp_ready(self):
         self.ensure_one()

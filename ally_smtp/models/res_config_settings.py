@@ -3,6 +3,7 @@ from odoo.exceptions import AccessError
 
 from ..lib import actions
 from ..lib.providers import preset_values
+from .res_company import ODOO_CLIENT_PARAMS
 
 
 class ResConfigSettings(models.TransientModel):
@@ -46,6 +47,25 @@ class ResConfigSettings(models.TransientModel):
     ally_smtp_limit_recipients_day = fields.Integer(
         related="company_id.ally_smtp_limit_recipients_day", readonly=False
     )
+    ally_smtp_auth_method = fields.Selection(
+        related="company_id.ally_smtp_auth_method", readonly=False
+    )
+    ally_smtp_oauth_client_id = fields.Char(
+        related="company_id.ally_smtp_oauth_client_id", readonly=False
+    )
+    ally_smtp_oauth_client_secret = fields.Char(
+        related="company_id.ally_smtp_oauth_client_secret", readonly=False
+    )
+    ally_smtp_oauth_secret_set = fields.Boolean(
+        related="company_id.ally_smtp_oauth_secret_set"
+    )
+    ally_smtp_oauth_tenant = fields.Char(
+        related="company_id.ally_smtp_oauth_tenant", readonly=False
+    )
+    ally_smtp_oauth_redirect_uri = fields.Char(
+        related="company_id.ally_smtp_oauth_redirect_uri"
+    )
+    ally_smtp_oauth_refused = fields.Text(related="company_id.ally_smtp_oauth_refused")
     ally_smtp_integrated = fields.Boolean(related="company_id.ally_smtp_integrated")
     ally_smtp_integrated_at = fields.Datetime(
         related="company_id.ally_smtp_integrated_at"
@@ -55,6 +75,14 @@ class ResConfigSettings(models.TransientModel):
     def _onchange_ally_smtp_provider(self):
         self.update(preset_values(self.ally_smtp_provider))
 
+    @api.onchange("ally_smtp_auth_method")
+    def _onchange_ally_smtp_auth_method(self):
+        """Odoo's own Gmail / Outlook app, when set up, is the default."""
+        names = ODOO_CLIENT_PARAMS.get(self.ally_smtp_auth_method)
+        if names and not self.ally_smtp_oauth_client_id:
+            get = self.env["ir.config_parameter"].sudo().get_param
+            self.ally_smtp_oauth_client_id = get(names[0]) or False
+
     def action_ally_smtp_rotate_keys(self):
         """Re-encrypt the stored mailbox passwords with the newest key."""
         self.ensure_one()
@@ -63,7 +91,7 @@ class ResConfigSettings(models.TransientModel):
         count = self.env["res.users"]._ally_smtp_rotate_keys()
         return actions.notify(
             _(
-                "%(count)s mailbox password(s) re-encrypted with the newest key.",
+                "%(count)s stored secret(s) re-encrypted with the newest key.",
                 count=count,
             )
         )

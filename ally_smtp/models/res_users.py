@@ -1,5 +1,8 @@
+import imaplib
 import logging
+import secrets
 import smtplib
+import time
 
 from psycopg2.errors import TransactionRollbackError
 
@@ -7,7 +10,7 @@ from odoo import _, api, fields, models, tools
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import email_normalize, email_split
 
-from ..lib import actions, crypto, errors, mailbox, pacing
+from ..lib import actions, crypto, errors, mailbox, oauth, pacing
 
 _logger = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ STATE_FIELDS = [
     "ally_smtp_paused_until",
     "ally_smtp_pause_reason",
     "ally_smtp_paused",
+    "ally_smtp_auth_method",
+    "ally_smtp_oauth_account",
 ]
 # what only ally_smtp itself writes (a Test, a refused login, a server change)
 SYSTEM_FIELDS = {
@@ -48,6 +53,7 @@ PRIVATE_FIELDS = {
     "ally_smtp_paused_until",
     "ally_smtp_pause_reason",
     "ally_smtp_paused",
+    "ally_smtp_oauth_account",
 }
 
 
@@ -82,6 +88,7 @@ class ResUsers(models.Model):
             ("untested", "Not tested"),
             ("ok", "Working"),
             ("failed", "Failed"),
+            ("reconnect", "Reconnect needed"),
         ],
         "SMTP status",
         compute="_compute_ally_smtp_state",
@@ -110,6 +117,10 @@ class ResUsers(models.Model):
         "Sending paused",
         compute="_compute_ally_smtp_paused",
         search="_search_ally_smtp_paused",
+    )
+    ally_smtp_auth_method = fields.Selection(related="company_id.ally_smtp_auth_method")
+    ally_smtp_oauth_account = fields.Char(
+        "Connected as", compute="_compute_ally_smtp_oauth_account"
     )
     # the agency server the password was given or tested for (see res.company)
     ally_smtp_server_key = fields.Char(
@@ -219,6 +230,20 @@ class ResUsers(models.Model):
                 }
             )
             _logger.info("ally_smtp: mailbox password changed for user %s", user.id)
+
+    def _compute_ally_smtp_oauth_account(self):
+        tokens = self.env["ally.smtp.oauth.token"].sudo()
+        for user in self:
+            user.ally_smtp_oauth_account = (
+                tokens.search([("user_id", "=", user.id)]).account or False
+            )
+
+    def _ally_smtp_oauth_token(self):
+        """The user's OAuth grant (``ally.smtp.oauth.token``), sudo, or empty."""
+        self.ensure_one()
+        return (
+            self.env["ally.smtp.oauth.token"].sudo().search([("user_id", "=", self.id)])
+        )
 
     @api.depends("ally_smtp_password_crypt")
     def _compute_ally_smtp_password_set(self):
@@ -344,6 +369,30 @@ class ResUsers(models.Model):
             },
         )
 
+    def _ally_smtp_reconnect_needed(self, message):
+        """The OAuth grant no longer works: say so to the user, once."""
+        self.ensure_one()
+        user = self.sudo()
+        if user.ally_smtp_state == "reconnect" and user.ally_smtp_last_error == message:
+            return
+        user.write(
+            {
+                "ally_smtp_state": "reconnect",
+                "ally_smtp_last_error": message,
+                "ally_smtp_tested_at": fields.Datetime.now(),
+            }
+        )
+        self.env["bus.bus"]._sendone(
+            self.partner_id,
+            "simple_notification",
+            {
+                "type": "danger",
+                "sticky": True,
+                "title": self.env._("Reconnect your mailbox"),
+                "message": message,
+            },
+        )
+
     @api.depends("ally_smtp_paused_until")
     def _compute_ally_smtp_paused(self):
         now = fields.Datetime.now()
@@ -365,6 +414,12 @@ class ResUsers(models.Model):
             raise AccessError(_("Only a settings administrator can do this."))
         users = self.sudo()
         users.write({"ally_smtp_paused_until": False, "ally_smtp_pause_reason": False})
+        users._ally_smtp_release()
+        return True
+
+    def _ally_smtp_release(self):
+        """Send these users' mail that waits (a pause, a reconnect) now."""
+        users = self.sudo()
         mails = (
             self.env["mail.mail"]
             .sudo()
@@ -377,9 +432,11 @@ class ResUsers(models.Model):
                 ]
             )
         )
-        mails.write({"scheduled_date": fields.Datetime.now(), "failure_reason": False})
-        self.env.ref("mail.ir_cron_mail_scheduler_action").sudo()._trigger()
-        return True
+        if mails:
+            mails.write(
+                {"scheduled_date": fields.Datetime.now(), "failure_reason": False}
+            )
+            self.env.ref("mail.ir_cron_mail_scheduler_action").sudo()._trigger()
 
     def _ally_smtp_pause(self, window, reason):
         """The provider says the mailbox sent too much: wait for its window.
@@ -464,6 +521,194 @@ class ResUsers(models.Model):
                 )
             )
 
+    # -- OAuth: connect, disconnect -------------------------------------------
+    def action_ally_smtp_oauth_connect(self):
+        """Send the browser to the provider's sign-in (see controllers)."""
+        self.ensure_one()
+        self._ally_smtp_check_self()
+        if not self.company_id._ally_smtp_oauth():
+            raise UserError(_("Your agency signs in to mailboxes with passwords."))
+        if not self.ally_smtp_email:
+            raise UserError(_("Enter your SMTP email first."))
+        return {
+            "type": "ir.actions.act_url",
+            "url": "/ally_smtp/oauth/start",
+            "target": "self",
+        }
+
+    def action_ally_smtp_oauth_disconnect(self):
+        """Forget the user's grant, revoking it where the provider offers it."""
+        self.ensure_one()
+        self._ally_smtp_check_self()
+        token = self._ally_smtp_oauth_token()
+        if token:
+            try:
+                tokens = token._tokens()
+            except UserError:  # encrypted with a key that is gone
+                tokens = {}
+            grant = tokens.get("refresh_token") or tokens.get("access_token")
+            if grant:
+                oauth.revoke(self.env, token.provider, grant)
+            token.unlink()
+            _logger.info("ally_smtp: user %s disconnected their mailbox", self.id)
+        self.sudo().write(
+            {"ally_smtp_state": "untested", "ally_smtp_last_error": False}
+        )
+        return actions.notify(
+            _("Your mailbox is disconnected. Odoo no longer sends from it."),
+            reload=True,
+        )
+
+    def _ally_smtp_oauth_authorize(self, redirect_uri):
+        """``(url, pending)``: where to send the browser, and what the callback
+        must find in the session to accept its answer (single use)."""
+        self.ensure_one()
+        self._ally_smtp_check_self()
+        company = self.company_id
+        provider = company._ally_smtp_oauth()
+        if not provider:
+            raise UserError(_("Your agency signs in to mailboxes with passwords."))
+        client_id, _secret = company._ally_smtp_oauth_client()
+        verifier, challenge = oauth.pkce()
+        pending = {
+            "state": secrets.token_urlsafe(32),
+            "nonce": secrets.token_urlsafe(16),
+            "verifier": verifier,
+            "uid": self.id,
+            "provider": provider,
+            "company": company.id,
+            "expires": time.time() + 600,
+        }
+        url = oauth.authorize_url(
+            self.env,
+            provider,
+            company.ally_smtp_oauth_tenant,
+            client_id,
+            redirect_uri,
+            state=pending["state"],
+            nonce=pending["nonce"],
+            code_challenge=challenge,
+            login_hint=self.ally_smtp_email.strip(),
+        )
+        return url, pending
+
+    def _ally_smtp_oauth_finish(self, pending, code, redirect_uri):
+        """Exchange ``code``, check the account, keep the tokens, test them.
+
+        Returns ``(connected, message)``; a refusal stores nothing.
+        """
+        self.ensure_one()
+        self._ally_smtp_check_self()
+        user = self.sudo()
+        company = user.company_id
+        provider = pending["provider"]
+        if provider != company._ally_smtp_oauth() or pending["company"] != company.id:
+            return False, _(
+                "The sign-in method changed meanwhile. Press Connect again."
+            )
+        client_id, secret = company._ally_smtp_oauth_client()
+        try:
+            tokens = oauth.token_request(
+                self.env,
+                provider,
+                company.ally_smtp_oauth_tenant,
+                client_id,
+                secret,
+                grant_type="authorization_code",
+                code=code,
+                redirect_uri=redirect_uri,
+                code_verifier=pending["verifier"],
+            )
+            account, verified = oauth.signed_in_account(self.env, provider, tokens)
+        except oauth.Unreachable as exc:
+            return False, _(
+                "The sign-in service did not answer (%(detail)s). Press Connect "
+                "again in a moment.",
+                detail=str(exc),
+            )
+        except oauth.OAuthError as exc:
+            if exc.error in oauth.CLIENT_REFUSED:
+                return False, company._ally_smtp_oauth_client_refused(exc)
+            return False, _(
+                "The sign-in was not accepted (%(error)s). Press Connect again.",
+                error=exc.error,
+            )
+        claims = oauth.id_token_claims(tokens.get("id_token") or "")
+        expected = user.ally_smtp_email.strip().lower()
+        if (
+            account != expected
+            or not verified
+            or claims.get("nonce", pending["nonce"]) != pending["nonce"]
+        ):
+            oauth.revoke(
+                self.env,
+                provider,
+                tokens.get("refresh_token") or tokens["access_token"],
+            )
+            _logger.info(
+                "ally_smtp: user %s signed in with another account; nothing kept",
+                self.id,
+            )
+            return False, _(
+                "You signed in as %(account)s, but your SMTP email is %(address)s. "
+                "Press Connect again and choose the account %(address)s; nothing "
+                "was stored.",
+                account=account or _("an unknown account"),
+                address=expected,
+            )
+        if not tokens.get("refresh_token"):
+            return False, _(
+                "The provider gave no lasting access (no refresh token). Press "
+                "Connect again and accept every permission asked."
+            )
+        self.env["ally.smtp.oauth.token"]._ally_smtp_store(
+            user, provider, tokens, account
+        )
+        user.write(
+            {
+                "ally_smtp_state": "untested",
+                "ally_smtp_last_error": False,
+                "ally_smtp_server_key": company._ally_smtp_server_key(),
+            }
+        )
+        _logger.info("ally_smtp: user %s connected their mailbox", self.id)
+        try:
+            with self.env.cr.savepoint():
+                folder = user._ally_smtp_probe()
+        except (UserError, oauth.Problem) as exc:
+            message = exc.args[0]
+            kind = getattr(exc, "ally_smtp_kind", getattr(exc, "kind", None))
+            user.write(
+                {
+                    "ally_smtp_state": "reconnect"
+                    if kind == errors.RECONNECT
+                    else "failed"
+                    if kind == errors.AUTH
+                    else "untested",
+                    "ally_smtp_last_error": message,
+                    "ally_smtp_tested_at": fields.Datetime.now(),
+                }
+            )
+            return False, _(
+                "Connected as %(account)s, but the test failed: %(message)s",
+                account=account,
+                message=message,
+            )
+        user._ally_smtp_sync_server()
+        user.write(
+            {
+                "ally_smtp_state": "ok",
+                "ally_smtp_tested_at": fields.Datetime.now(),
+                "ally_smtp_sent_folder": folder,
+            }
+        )
+        user._ally_smtp_release()
+        return True, _(
+            "Connected as %(account)s. Your mailbox works: mail you write in Odoo "
+            "leaves from it.",
+            account=account,
+        )
+
     def action_ally_smtp_clear_password(self):
         self.ensure_one()
         self._ally_smtp_check_self()
@@ -480,8 +725,10 @@ class ResUsers(models.Model):
             message = exc.args[0]
             # Only a refused password stops sending; other failures (a timeout,
             # no Sent folder) leave the mailbox usable but untested.
-            refused = getattr(exc, "ally_smtp_kind", None) == errors.AUTH
-            state = "failed" if refused else "untested"
+            kind = getattr(exc, "ally_smtp_kind", None)
+            state = {errors.AUTH: "failed", errors.RECONNECT: "reconnect"}.get(
+                kind, "untested"
+            )
             # The UserError rolls the transaction back; keep the outcome anyway.
             self.env.cr.postrollback.add(
                 lambda: user._ally_smtp_record_after_rollback(state, message)
@@ -546,11 +793,39 @@ class ResUsers(models.Model):
                     "any configured key; left as it is",
                     user.id,
                 )
+        # OAuth sign-ins and the agency apps' client secrets
+        for model, field in (
+            ("ally.smtp.oauth.token", "tokens_crypt"),
+            ("res.company", "ally_smtp_oauth_secret_crypt"),
+        ):
+            for record in self.env[model].sudo().search([(field, "!=", False)]):
+                token = crypto.rotate(self.env, record[field])
+                if token:
+                    record[field] = token
+                    rotated += 1
         return rotated
 
     def _ally_smtp_blocked(self):
         """Why the stored credentials may not be used now, or ``False``."""
+        return self._ally_smtp_block()[1]
+
+    def _ally_smtp_block(self):
+        """``(kind, why)`` the stored credentials may not be used now, or
+        ``(False, False)``; a kind of ``errors.WAITING_KINDS`` keeps the mail
+        waiting for a person instead of failing it."""
         self.ensure_one()
+        user = self.sudo()
+        if user.company_id._ally_smtp_oauth():
+            token = user._ally_smtp_oauth_token()
+            if user.ally_smtp_state == "reconnect" or token.broken or not token:
+                return errors.RECONNECT, (
+                    token.broken or user.ally_smtp_last_error or token._disconnected()
+                )
+            if user.company_id._ally_smtp_oauth_problem():
+                return errors.ADMIN, user.company_id._ally_smtp_oauth_problem()
+        return errors.PERMANENT, user._ally_smtp_password_blocked()
+
+    def _ally_smtp_password_blocked(self):
         user = self.sudo()
         if user.ally_smtp_state == "failed":
             return self.env._(
@@ -578,6 +853,58 @@ class ResUsers(models.Model):
             raise UserError(_("Enter your SMTP password first."))
         return crypto.decrypt(self.env, self.ally_smtp_password_crypt)
 
+    def _ally_smtp_sign_in_smtp(self, connection):
+        """Log ``connection`` in as the user: password, or XOAUTH2."""
+        login = self.ally_smtp_email.strip()
+        if not self.company_id._ally_smtp_oauth():
+            return connection.login(login, self._ally_smtp_password())
+        connection.ehlo_or_helo_if_needed()
+        return self._ally_smtp_with_token(
+            lambda token: connection.auth(
+                "XOAUTH2", oauth.Xoauth2(login, token), initial_response_ok=True
+            ),
+            smtplib.SMTPAuthenticationError,
+        )
+
+    def _ally_smtp_sign_in_imap(self, imap):
+        """Log ``imap`` in as the user: password, or XOAUTH2."""
+        login = self.ally_smtp_email.strip()
+        if not self.company_id._ally_smtp_oauth():
+            return imap.login(login, self._ally_smtp_password())
+        return self._ally_smtp_with_token(
+            lambda token: imap.authenticate(
+                "XOAUTH2", oauth.Xoauth2(login, token).imap
+            ),
+            imaplib.IMAP4.error,
+        )
+
+    def _ally_smtp_with_token(self, sign_in, refused):
+        """``sign_in(access token)``; a refused token is refreshed once, and a
+        refused fresh one means the grant no longer works (reconnect)."""
+        token = self._ally_smtp_oauth_token()
+        if not token:
+            raise oauth.Problem(errors.RECONNECT, token._disconnected())
+        access, fresh = token._ally_smtp_access_token()
+        try:
+            return sign_in(access)
+        except refused as exc:
+            if _not_about_the_token(exc):
+                raise
+            if fresh:
+                raise oauth.Problem(
+                    errors.RECONNECT, token._ally_smtp_break(_reply_text(exc))
+                ) from None
+            _logger.info("ally_smtp: mailbox refused the token of user %s", self.id)
+        access, _fresh = token._ally_smtp_access_token(force_refresh=True)
+        try:
+            return sign_in(access)
+        except refused as exc:
+            if _not_about_the_token(exc):
+                raise
+            raise oauth.Problem(
+                errors.RECONNECT, token._ally_smtp_break(_reply_text(exc))
+            ) from None
+
     def _ally_smtp_probe(self):
         """Log in to SMTP (MAIL FROM/RCPT TO then RSET) and IMAP; return Sent."""
         company = self.company_id
@@ -585,12 +912,14 @@ class ResUsers(models.Model):
             raise UserError(_("Turn on 'Use my own SMTP configuration' first."))
         if not self.ally_smtp_email:
             raise UserError(_("Enter your SMTP email first."))
-        login, password = self.ally_smtp_email.strip(), self._ally_smtp_password()
+        if company._ally_smtp_oauth() and not self._ally_smtp_oauth_token():
+            raise UserError(self._ally_smtp_oauth_token()._disconnected())
+        login = self.ally_smtp_email.strip()
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
             connection = company._ally_smtp_open_smtp()
             try:
-                connection.login(login, password)
+                self._ally_smtp_sign_in_smtp(connection)
                 for code, reply in (connection.mail(login), connection.rcpt(login)):
                     if code >= 400:
                         raise smtplib.SMTPResponseException(code, reply)
@@ -605,7 +934,7 @@ class ResUsers(models.Model):
         host, port = company.ally_smtp_imap_host.strip(), company.ally_smtp_imap_port
         try:
             with company._ally_smtp_open_imap() as imap:
-                imap.login(login, password)
+                self._ally_smtp_sign_in_imap(imap)
                 folder = mailbox.find_sent(imap)
         except Exception as exc:  # noqa: BLE001
             company._ally_smtp_fail(exc, host, port, login, protocol="imap")
@@ -617,6 +946,29 @@ class ResUsers(models.Model):
                 )
             )
         return folder
+
+
+def _reply_text(exc):
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = exc.smtp_error
+        text = text.decode(errors="replace") if isinstance(text, bytes) else text
+        return f"{exc.smtp_code} {text}"
+    return str(exc)
+
+
+def _not_about_the_token(exc):
+    """Whether a refused sign-in is no judgement on the token: a temporary
+    refusal (SMTP 4xx such as ``454 4.7.0``, IMAP ``[UNAVAILABLE]``), or
+    Microsoft 365 refusing a good token because 'Authenticated SMTP' is off
+    for the mailbox. ``lib.errors`` says what those mean."""
+    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code < 500:
+        return True
+    text = _reply_text(exc).lower()
+    return (
+        "[unavailable]" in text
+        or "5.7.139" in text
+        or "smtpclientauthentication" in text
+    )
 
 
 def _normalize_address(vals):

@@ -16,6 +16,7 @@ from odoo.tests.common import ChromeBrowser
 from odoo.tools import mute_logger
 
 from .common import AllySmtpMixin
+from .servers import OAuthServer
 
 LANGS = {"en_US": "en", "pt_BR": "pt_BR"}
 
@@ -131,3 +132,116 @@ class TestTours(AllySmtpMixin, HttpCase):
                 self.assertEqual(sent["rcpt_tos"], ["student1@school.test"])
                 self.assertIn("Hello from your consultant", message.body)
                 self.assertEqual(message.notification_ids.notification_status, "sent")
+
+    # -- sign in with Google or Microsoft (OAuth) --------------------------------
+    def oauth_company(self, profile):
+        app = self.harness["oauth"][profile]
+        params = self.env["ir.config_parameter"].sudo()
+        params.set_param(f"ally_smtp.oauth_{profile}_base_url", app["base_url"])
+        params.set_param("web.base.url", self.base_url())
+        self.company.write(
+            {
+                "ally_smtp_auth_method": profile,
+                "ally_smtp_oauth_client_id": app["client_id"],
+                "ally_smtp_oauth_client_secret": app["client_secret"],
+                "ally_smtp_oauth_tenant": app.get("tenant") or False,
+            }
+        )
+
+    def test_admin_chooses_microsoft_sign_in(self):
+        admin = self.env.ref("base.user_admin")
+        for lang in LANGS:
+            with self.subTest(lang=lang):
+                self.company.write(
+                    {
+                        "ally_smtp_auth_method": "password",
+                        "ally_smtp_oauth_client_id": False,
+                    }
+                )
+                self.tour(
+                    "/odoo/settings",
+                    "ally_smtp_settings_oauth",
+                    admin,
+                    lang,
+                    None,
+                    "settings_oauth",
+                )
+                self.assertEqual(self.company.ally_smtp_auth_method, "microsoft")
+                self.assertEqual(
+                    self.company.ally_smtp_oauth_tenant, "contoso.onmicrosoft.com"
+                )
+
+    def test_consultant_connects_their_google_account(self):
+        self.oauth_company("google")
+        mailbox = "consultant01@agency.test"
+        dave = new_test_user(
+            self.env,
+            login="dave",
+            name="Dave Consultant",
+            groups="base.group_user,base.group_partner_manager",
+        )
+        dave.with_user(dave).write(
+            {"ally_smtp_use_own": True, "ally_smtp_email": mailbox}
+        )
+        oauth_server = OAuthServer(self.harness)
+        for lang in LANGS:
+            with self.subTest(lang=lang):
+                dave.sudo()._ally_smtp_oauth_token().unlink()
+                self.tour(
+                    "/odoo",
+                    "ally_smtp_preferences_oauth_connect",
+                    dave,
+                    lang,
+                    {"email": mailbox},
+                    "preferences_oauth_connect",
+                )
+                # the browser's way: Connect, the provider's consent, back
+                self.authenticate("dave", "dave")
+                with self.live():
+                    start = self.url_open(
+                        "/ally_smtp/oauth/start", allow_redirects=False
+                    )
+                    self.assertEqual(start.status_code, 303, start.text[:300])
+                    callback = oauth_server.consent(start.headers["Location"], mailbox)
+                    self.assertTrue(callback.startswith(self.base_url()), callback)
+                    page = self.url_open(callback)
+                    self.assertIn("o_ally_smtp_oauth_result", page.text)
+                    self.assertIn(mailbox, page.text)
+                    self.assertIn("alert-success", page.text)
+                    # the same answer again, or a forged one: refused
+                    replay = self.url_open(callback)
+                    forged = self.url_open(callback.split("state=")[0] + "state=forged")
+                for refused in (replay, forged):
+                    self.assertIn("alert-danger", refused.text)
+                self.env.invalidate_all()
+                self.assertEqual(dave.ally_smtp_state, "ok")
+                self.assertEqual(dave.ally_smtp_oauth_account, mailbox)
+                self.tour(
+                    "/odoo",
+                    "ally_smtp_preferences_oauth_connected",
+                    dave,
+                    lang,
+                    {"email": mailbox},
+                    "preferences_oauth_connected",
+                )
+
+    def test_callback_of_another_user_is_refused(self):
+        self.oauth_company("google")
+        mailbox = "consultant02@agency.test"
+        erin = new_test_user(
+            self.env, login="erin", groups="base.group_user", name="Erin Consultant"
+        )
+        erin.with_user(erin).write(
+            {"ally_smtp_use_own": True, "ally_smtp_email": mailbox}
+        )
+        oauth_server = OAuthServer(self.harness)
+        self.authenticate("erin", "erin")
+        start = self.url_open("/ally_smtp/oauth/start", allow_redirects=False)
+        callback = oauth_server.consent(start.headers["Location"], mailbox)
+        # Bob, in his own browser session, opens Erin's answer
+        self.authenticate(self.bob.login, self.bob.login)
+        page = self.url_open(callback)
+        self.assertIn("alert-danger", page.text)
+        self.env.invalidate_all()
+        self.assertFalse(erin.sudo()._ally_smtp_oauth_token())
+        self.assertFalse(self.bob.sudo()._ally_smtp_oauth_token())

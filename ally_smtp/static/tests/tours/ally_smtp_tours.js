@@ -11,6 +11,11 @@ const TEXTS = {
         test: "Test SMTP configuration",
         works: "SMTP configuration works",
         refused: "refused the password",
+        signIn: "Sign-in method",
+        microsoft: "Microsoft account (OAuth)",
+        connectGoogle: "Connect Google account",
+        connectedAs: "Connected as",
+        working: "Working",
     },
     pt: {
         setting: "E-mail da agência (SMTP)",
@@ -20,6 +25,11 @@ const TEXTS = {
         test: "Testar configuração SMTP",
         works: "A configuração SMTP funciona",
         refused: "recusou a senha",
+        signIn: "Método de acesso",
+        microsoft: "Conta Microsoft (OAuth)",
+        connectGoogle: "Conectar conta Google",
+        connectedAs: "Conectado como",
+        working: "Funcionando",
     },
 };
 
@@ -56,7 +66,7 @@ registry.category("web_tour.tours").add("ally_smtp_settings", {
         },
         {
             content: "Fill the SMTP host",
-            trigger: "#ally_smtp_setting [name=ally_smtp_host] input",
+            trigger: "#ally_smtp_server_setting [name=ally_smtp_host] input",
             run: "edit localhost",
         },
         expectText("#ally_smtp_setting button[name=action_ally_smtp_integrate]", "integrate"),
@@ -186,5 +196,86 @@ registry.category("web_tour.tours").add("ally_smtp_student_message", {
             trigger:
                 ".o-mail-Message:contains(Hello from your consultant) .o-mail-Message-notification:not(.text-danger)",
         },
+    ],
+});
+
+registry.category("web_tour.tours").add("ally_smtp_settings_oauth", {
+    steps: () => [
+        {
+            content: "Find the sign-in method of the agency email",
+            trigger: "#ally_smtp_signin_setting",
+        },
+        expectText("#ally_smtp_signin_setting", "signIn"),
+        expectText("#ally_smtp_signin_setting [name=ally_smtp_auth_method]", "microsoft"),
+        {
+            content: "Choose Microsoft accounts",
+            trigger: "#ally_smtp_signin_setting input.o_radio_input[data-value=microsoft]",
+            run: "click",
+        },
+        {
+            content: "Enter the client ID of the agency's app",
+            trigger: "#ally_smtp_signin_setting [name=ally_smtp_oauth_client_id] input",
+            run: "edit 00000000-aaaa-bbbb-cccc-000000000000",
+        },
+        {
+            content: "The tenant can be entered",
+            trigger: "#ally_smtp_signin_setting [name=ally_smtp_oauth_tenant] input",
+            run: "edit contoso.onmicrosoft.com",
+        },
+        {
+            content: "The redirect URI to register is shown",
+            trigger:
+                "#ally_smtp_signin_setting [name=ally_smtp_oauth_redirect_uri]:contains(/ally_smtp/oauth/callback)",
+        },
+        {
+            content: "Save",
+            trigger: ".o_form_button_save:enabled, button[name=execute]:enabled",
+            run: "click",
+        },
+        {
+            content: "Saved: the method is kept",
+            trigger:
+                "#ally_smtp_signin_setting input.o_radio_input[data-value=microsoft]:checked",
+        },
+        showOnScreen("#ally_smtp_signin_setting"),
+    ],
+});
+
+registry.category("web_tour.tours").add("ally_smtp_preferences_oauth_connect", {
+    steps: () => [
+        ...openPreferences(),
+        {
+            content: "Switch on my own SMTP configuration",
+            trigger: ".modal [name=ally_smtp_use_own] input",
+            run: "check",
+        },
+        {
+            content: "Enter the mailbox",
+            trigger: ".modal [name=ally_smtp_email] input",
+            run: (helpers) => helpers.edit(window.allySmtpTour.email),
+        },
+        expectText(".modal button[name=action_ally_smtp_oauth_connect]:visible", "connectGoogle"),
+        {
+            content: "No password is asked",
+            trigger: ".modal:not(:has([name=ally_smtp_password] input))",
+        },
+        showOnScreen(".modal button[name=action_ally_smtp_oauth_connect]:visible"),
+    ],
+});
+
+registry.category("web_tour.tours").add("ally_smtp_preferences_oauth_connected", {
+    steps: () => [
+        ...openPreferences(),
+        expectText(".modal .o_inner_group:has([name=ally_smtp_oauth_account])", "connectedAs"),
+        {
+            content: "Connected as the mailbox",
+            trigger: `.modal [name=ally_smtp_oauth_account]:contains(${window.allySmtpTour.email})`,
+        },
+        expectText(".modal [name=ally_smtp_state]", "working"),
+        {
+            content: "Disconnect is offered",
+            trigger: ".modal button[name=action_ally_smtp_oauth_disconnect]",
+        },
+        showOnScreen(".modal [name=ally_smtp_oauth_account]"),
     ],
 });

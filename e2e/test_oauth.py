@@ -1,0 +1,257 @@
+"""Sign in with Microsoft against the prefork server: a browser's Connect,
+XOAUTH2 sends and Sent copies, two workers refreshing the same sign-in at
+once, and colleagues trying the routes with someone else's ids.
+
+An agency of its own ("OAuth Agency", Microsoft accounts, rotating refresh
+tokens) so that the other suites keep their password agency.
+"""
+
+import re
+import subprocess
+import time
+import xmlrpc.client
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from conftest import Rpc, servers, subject_of
+
+OLGA, OSCAR = "consultant03@agency.test", "consultant04@agency.test"
+
+
+class Agency:
+    def __init__(self, world):
+        self.world = world
+        info, admin = world.info, world.admin
+        app = info["oauth"]["microsoft"]
+        self.oauth = servers.OAuthServer(info)
+        admin(
+            "ir.config_parameter",
+            "set_param",
+            "ally_smtp.oauth_microsoft_base_url",
+            app["base_url"],
+        )
+        admin("ir.config_parameter", "set_param", "web.base.url", world.url)
+        self.company = admin(
+            "res.company",
+            "create",
+            {
+                "name": "OAuth Agency",
+                "ally_smtp_enabled": True,
+                "ally_smtp_provider": "custom",
+                "ally_smtp_host": info["smtp"]["host"],
+                "ally_smtp_port": info["smtp"]["ports"]["ssl"],
+                "ally_smtp_encryption": "ssl",
+                "ally_smtp_imap_host": info["imap"]["host"],
+                "ally_smtp_imap_port": info["imap"]["port"],
+                "ally_smtp_sent_copy": "always",
+                "ally_smtp_auth_method": "microsoft",
+                "ally_smtp_oauth_client_id": app["client_id"],
+                "ally_smtp_oauth_client_secret": app["client_secret"],
+                "ally_smtp_oauth_tenant": app["tenant"],
+            },
+        )
+        self.users, self.rpc = {}, {}
+        for login, mailbox in (("olga", OLGA), ("oscar", OSCAR)):
+            self.users[login] = admin(
+                "res.users",
+                "create",
+                {
+                    "name": login.title(),
+                    "login": login,
+                    "password": f"{login}-odoo",
+                    "email": mailbox,
+                    "company_id": self.company,
+                    "company_ids": [(6, 0, [self.company])],
+                    "groups_id": [
+                        (6, 0, [world.xmlid("base.group_user")]),
+                    ],
+                },
+            )
+            self.rpc[login] = Rpc(world.url, world.db, login, f"{login}-odoo")
+            self.rpc[login](
+                "res.users",
+                "write",
+                [self.users[login]],
+                {"ally_smtp_use_own": True, "ally_smtp_email": mailbox},
+            )
+        self.student = admin(
+            "res.partner",
+            "create",
+            {"name": "Student OAuth", "email": "student2@school.test"},
+        )
+
+    def browser(self, login):
+        """A logged-in browser session of ``login``."""
+        session = requests.Session()
+        page = session.get(f"{self.world.url}/web/login", timeout=30)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        reply = session.post(
+            f"{self.world.url}/web/login",
+            data={"login": login, "password": f"{login}-odoo", "csrf_token": token},
+            timeout=30,
+        )
+        assert reply.ok and "/web/login" not in reply.url, reply.url
+        return session
+
+    def connect(self, login, mailbox, account=None):
+        """Press Connect, consent as ``account``, come back; the result page."""
+        browser = self.browser(login)
+        start = browser.get(
+            f"{self.world.url}/ally_smtp/oauth/start", allow_redirects=False, timeout=30
+        )
+        assert start.status_code in (302, 303), start.text[:300]
+        callback = self.oauth.consent(start.headers["Location"], account or mailbox)
+        return browser, callback, browser.get(callback, timeout=60)
+
+    def state(self, login):
+        (user,) = self.world.admin(
+            "res.users",
+            "read",
+            [self.users[login]],
+            ["ally_smtp_state", "ally_smtp_oauth_account", "ally_smtp_last_error"],
+        )
+        return user
+
+    def post(self, login, subject):
+        return self.rpc[login](
+            "res.partner",
+            "message_post",
+            [self.student],
+            body=subject,
+            subject=subject,
+            partner_ids=[self.student],
+            subtype_xmlid="mail.mt_comment",
+        )
+
+
+@pytest.fixture(scope="module")
+def agency(world):
+    return Agency(world)
+
+
+def refreshes(agency):
+    return agency.oauth.stats()["microsoft"]["token"].get("refresh_token", 0)
+
+
+def test_connect_in_a_browser_then_send_and_file(agency, world):
+    _browser, _callback, page = agency.connect("olga", OLGA)
+    assert "alert-success" in page.text, page.text[-2000:]
+    assert OLGA in page.text
+    user = agency.state("olga")
+    assert user["ally_smtp_state"] == "ok", user
+    assert user["ally_smtp_oauth_account"] == OLGA
+    agency.post("olga", "oauth-e2e 1")
+    sent = world.delivered("oauth-e2e 1")
+    assert {(m["login"], m["mail_from"]) for m in sent} == {(OLGA, OLGA)}
+    world.wake("ally_smtp.ir_cron_sent_copy")
+    box = servers.Mailbox(world.info, OLGA)
+    world.wait(
+        lambda: [
+            msg
+            for _flags, msg in box.messages("Sent")
+            if msg["Subject"] == "oauth-e2e 1"
+        ],
+        "the Sent copy filed over XOAUTH2",
+    )
+
+
+def test_answer_replayed_or_for_someone_else_is_refused(agency):
+    browser, callback, page = agency.connect("oscar", OSCAR)
+    assert "alert-success" in page.text
+    replay = browser.get(callback, timeout=30)
+    assert "alert-danger" in replay.text
+    forged = browser.get(callback.split("state=")[0] + "state=forged", timeout=30)
+    assert "alert-danger" in forged.text
+    # Olga, in her own browser, opens an answer made for Oscar's Connect
+    _start, oscar_callback, _page = None, None, None
+    oscar = agency.browser("oscar")
+    start = oscar.get(
+        f"{agency.world.url}/ally_smtp/oauth/start", allow_redirects=False, timeout=30
+    )
+    oscar_callback = agency.oauth.consent(start.headers["Location"], OSCAR)
+    olga = agency.browser("olga")
+    stolen = olga.get(oscar_callback, timeout=30)
+    assert "alert-danger" in stolen.text
+    assert agency.state("olga")["ally_smtp_oauth_account"] == OLGA
+
+
+def test_wrong_account_is_refused(agency):
+    _browser, _callback, page = agency.connect("oscar", OSCAR, account=OLGA)
+    assert "alert-danger" in page.text
+    assert OLGA in page.text
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["action_ally_smtp_oauth_connect", "action_ally_smtp_oauth_disconnect"],
+)
+def test_colleague_cannot_act_on_someone_elses_sign_in(agency, method):
+    fault = None
+    try:
+        agency.rpc["oscar"]("res.users", method, [agency.users["olga"]])
+    except xmlrpc.client.Fault as exc:
+        fault = exc.faultString
+    assert fault, f"{method} on Olga's id was accepted for Oscar"
+    assert agency.state("olga")["ally_smtp_oauth_account"] == OLGA
+    for private in ("_ally_smtp_oauth_finish", "_ally_smtp_oauth_authorize"):
+        with pytest.raises(xmlrpc.client.Fault):
+            agency.rpc["oscar"](
+                "res.users", private, [agency.users["olga"]], {}, "x", "y"
+            )
+    with pytest.raises(xmlrpc.client.Fault):
+        agency.rpc["oscar"](
+            "ally.smtp.oauth.token", "search_read", [], ["account", "tokens_crypt"]
+        )
+
+
+def test_two_workers_refresh_the_same_sign_in_at_once(agency, world):
+    """Microsoft rotates the refresh token: two workers refreshing Olga's at
+    once must leave the one live refresh token stored."""
+    agency.oauth.expire(OLGA)  # the mailbox refuses her access token now
+    before = refreshes(agency)
+
+    def test(_i):
+        return agency.rpc["olga"](
+            "res.users", "action_ally_smtp_test", [agency.users["olga"]]
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(test, range(2)))
+    assert all(r for r in results), results
+    assert agency.state("olga")["ally_smtp_state"] == "ok"
+    assert refreshes(agency) - before == 1
+    # the stored refresh token is the live one: the next refresh works
+    agency.oauth.expire(OLGA)
+    time.sleep(1)
+    agency.post("olga", "oauth-e2e after the race")
+    sent = world.delivered("oauth-e2e after the race")
+    assert {m["login"] for m in sent} == {OLGA}
+    assert refreshes(agency) - before == 2
+    assert subject_of(sent[0]) == "oauth-e2e after the race"
+
+
+def test_no_secret_in_a_database_dump(agency, world):
+    """pg_dump of the whole database holds no token and no client secret."""
+    info = world.info
+    live = agency.oauth.stats()["microsoft"]["live_refresh_tokens"]
+    secrets_ = [t for tokens in live.values() for t in tokens]
+    assert secrets_, live
+    secrets_.append(info["oauth"]["microsoft"]["client_secret"])
+    dump = subprocess.run(
+        [
+            f"{info['pg_bin']}/pg_dump",
+            "-h",
+            info["db"]["host"],
+            "-p",
+            str(info["db"]["port"]),
+            "-U",
+            info["db"]["user"],
+            world.db,
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert b"ally_smtp_oauth_token" in dump
+    for secret in secrets_:
+        assert secret.encode() not in dump
