@@ -37,6 +37,7 @@ VENV_IMPORTS = [
     "websocket",
     "whool",
 ]
+OAUTH_IMPORTS = ["authlib.oauth2.rfc7662", "flask", "werkzeug.serving"]
 
 
 class OdooNotFound(SystemExit):
@@ -109,6 +110,13 @@ def odoo_venv(odoo_path):
         *(ROOT / "requirements-test.txt").read_text().splitlines(),
     ]
     return venv.ensure("odoo", requirements, VENV_IMPORTS, pythonpath=odoo_path)
+
+
+def oauth_venv():
+    """The python of the local OAuth server's own environment
+    (requirements-oauth.txt): authlib needs a newer cryptography than Odoo's."""
+    requirements = (ROOT / "requirements-oauth.txt").read_text().splitlines()
+    return venv.ensure("oauth", requirements, OAUTH_IMPORTS)
 
 
 def addon_requirements():

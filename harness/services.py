@@ -1,4 +1,4 @@
-"""Start and stop the harness's PostgreSQL, Dovecot and SMTP servers."""
+"""Start and stop the harness's PostgreSQL, OAuth 2.0, Dovecot and SMTP servers."""
 
 import glob
 import json
@@ -10,9 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from . import IS_ROOT, ROOT, tls
+from .odoo import oauth_venv
 
 # Mailboxes of the local provider. Passwords are drawn for every run.
 MAILBOXES = [
@@ -78,6 +80,7 @@ class Services:
     def start(self):
         self._certificates()
         self._postgres()
+        self._oauth()
         self._dovecot()
         self._smtpd()
         self.info["mailboxes"] = self.mailboxes
@@ -149,6 +152,57 @@ class Services:
         self.info["db"] = {"host": "127.0.0.1", "port": port, "user": "odoo"}
         self.info["pg_bin"] = bindir
 
+    def _server(self, name, module, python, config):
+        """Start ``python -m module config``, which prints "ready"; its
+        stderr goes to ``<dir>/<name>.log``."""
+        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - lives with proc
+        proc = subprocess.Popen(
+            [python, "-m", module, str(config)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        self.stoppers.append(lambda: (proc.terminate(), proc.wait(10), log.close()))
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(
+                f"the {name} server did not start:\n"
+                + (self.dir / f"{name}.log").read_text()
+            )
+
+    def _oauth(self):
+        """The local Google-like and Microsoft-like OAuth 2.0 server
+        (harness/oauth_server.py, on its own environment), one app each."""
+        port = free_port()
+        clients = {
+            "google": {
+                "client_id": f"{secrets.randbelow(10**12):012}-"
+                f"{secrets.token_hex(16)}.apps.googleusercontent.com",
+                "client_secret": "GOCSPX-" + secrets.token_urlsafe(21),
+            },
+            "microsoft": {
+                "client_id": str(uuid.uuid4()),
+                "client_secret": secrets.token_urlsafe(30),
+                "tenant": str(uuid.uuid4()),
+            },
+        }
+        config = self.dir / "oauth.json"
+        config.write_text(
+            json.dumps(
+                {"port": port, "accounts": list(self.mailboxes), "clients": clients}
+            )
+        )
+        config.chmod(0o600)
+        self._server("oauth", "harness.oauth_server", oauth_venv(), config)
+        url = f"http://127.0.0.1:{port}"
+        self.info["oauth"] = {
+            "url": url,
+            "google": {"base_url": f"{url}/google", **clients["google"]},
+            "microsoft": {"base_url": f"{url}/microsoft", **clients["microsoft"]},
+            "control": f"{url}/control",
+            "introspection_url": f"{url}/introspect",
+        }
+
     def _dovecot(self):
         base = self.dir / "dovecot"
         (base / "run").mkdir(parents=True)
@@ -164,6 +218,9 @@ class Services:
             ).stdout.strip()
             passwd.append(f"{login}:{crypt}::::::{MAILBOX_SETTINGS.get(login, '')}")
         (base / "users").write_text("\n".join(passwd) + "\n")
+        (base / "oauth2.conf.ext").write_text(
+            DOVECOT_OAUTH2.format(url=self.info["oauth"]["introspection_url"])
+        )
         port = free_port()
         conf = base / "dovecot.conf"
         conf.write_text(
@@ -213,26 +270,24 @@ class Services:
                     "key": str(self.key),
                     "untrusted_cert": str(self.untrusted[0]),
                     "untrusted_key": str(self.untrusted[1]),
+                    "introspection_url": self.info["oauth"]["introspection_url"],
                 }
             )
         )
-        log = open(self.dir / "smtpd.log", "wb")  # noqa: SIM115 - lives with proc
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.smtpd", str(config)],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        self.stoppers.append(lambda: (proc.terminate(), proc.wait(10), log.close()))
-        if proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError(
-                "the SMTP server did not start:\n"
-                + (self.dir / "smtpd.log").read_text()
-            )
+        self._server("smtpd", "harness.smtpd", sys.executable, config)
         self.info["smtp"] = {"host": "localhost", "ports": ports}
         self.info["smtp_control"] = f"http://127.0.0.1:{control}"
 
+
+DOVECOT_OAUTH2 = """\
+tokeninfo_url =
+introspection_mode = post
+introspection_url = {url}
+force_introspection = yes
+username_attribute = email
+active_attribute = active
+active_value = true
+"""
 
 DOVECOT_CONF = """\
 base_dir = {base}/run
@@ -249,11 +304,20 @@ mail_location = maildir:{mail}/%u
 ssl = required
 ssl_cert = <{cert}
 ssl_key = <{key}
-auth_mechanisms = plain login
+# XOAUTH2/OAUTHBEARER: the access token is introspected at the harness's OAuth
+# server at every login (no auth cache: a revoked token is refused at once).
+auth_mechanisms = plain login xoauth2 oauthbearer
+auth_cache_size = 0
 disable_plaintext_auth = yes
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=SHA512-CRYPT {base}/users
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {base}/oauth2.conf.ext
 }}
 userdb {{
   driver = static
@@ -271,6 +335,11 @@ service imap-login {{
 }}
 service anvil {{
   chroot =
+  # no growing per-IP delay after failed logins (auth penalty): every test
+  # client is 127.0.0.1, and tests refuse tokens and passwords on purpose
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 service imap-login {{
   chroot =

@@ -6,8 +6,12 @@ Run as ``python3 -m harness.smtpd CONFIG.json``. It listens on loopback with
 * ``starttls``: plain until STARTTLS, AUTH only after it (the 587 way),
 * ``untrusted``: implicit TLS with a self-signed certificate,
 
-checks AUTH PLAIN/LOGIN against the same users as Dovecot, and records for each
-connection what the client did (AUTH login, MAIL FROM, RCPT TO, the exact DATA).
+checks AUTH PLAIN/LOGIN against the same users as Dovecot and AUTH XOAUTH2
+against the harness's OAuth server (token introspection: the token must be
+live and belong to the user it names), and records for each connection what
+the client did (AUTH login, MAIL FROM, RCPT TO, the exact DATA). An AUTH event
+is ``["auth", login, ok]`` for a password, ``["auth", login, ok, "XOAUTH2"]``
+for a token.
 Accepted mail for a known user is delivered to that user's IMAP INBOX, and in
 *autosave* mode a copy goes to the sender's Sent folder, the way Gmail and
 Microsoft 365 file SMTP mail themselves.
@@ -19,7 +23,12 @@ A small HTTP API on loopback lets tests read and steer it::
     POST /faults           [{"stage": "RCPT", "reply": "451 4.3.0 Try later",
                              "times": 1, "login": "a@x", "after": 20}]
                            ("reply": "drop" cuts; "after": let that many
-                            matching commands pass first)
+                            matching commands pass first; at AUTH,
+                            "mechanism": "XOAUTH2" limits it to that one)
+    POST /xoauth2          {"style": "google"}  how a bad token is refused:
+                           "google" (default): 334 <base64 JSON error>, then
+                           after the client's empty line 535 5.7.8;
+                           "microsoft": 535 5.7.3 at once
     POST /config           {"autosave": true}   (or a list of logins)
                            {"deliver": false}   (record only: no IMAP delivery,
                                                  for benchmarks)
@@ -28,6 +37,7 @@ A small HTTP API on loopback lets tests read and steer it::
 import asyncio
 import base64
 import binascii
+import collections
 import imaplib
 import itertools
 import json
@@ -36,13 +46,25 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 _logger = logging.getLogger("harness.smtpd")
 STAGES = {"AUTH", "MAIL", "RCPT", "DATA", "RSET", "QUIT"}
+XOAUTH2_STYLES = {"google", "microsoft"}
+# What the providers answer to a refused XOAUTH2 token
+GOOGLE_CHALLENGE = json.dumps(
+    {"status": "401", "schemes": "Bearer", "scope": "https://mail.google.com/"}
+)
+GOOGLE_REFUSAL = "535 5.7.8 Username and Password not accepted"
+MICROSOFT_REFUSAL = "535 5.7.3 Authentication unsuccessful"
+TEMPORARY_REFUSAL = "454 4.7.0 Temporary authentication failure"
+# AUTH lines carry ~2.5 kB tokens (Microsoft's); aiosmtpd's default is 512
+AUTH_LINE_LIMIT = 8192
 
 
 class State:
@@ -61,6 +83,7 @@ class State:
             self.faults = []
             self.autosave = False
             self.deliver = True
+            self.xoauth2_style = "google"
 
     def session(self, smtp_session, listener):
         with self.lock:
@@ -74,13 +97,16 @@ class State:
         with self.lock:
             record["events"].append(list(event))
 
-    def take_fault(self, stage, login):
-        """Return the reply of the first fault matching ``stage`` and ``login``."""
+    def take_fault(self, stage, login, mechanism=None):
+        """Return the reply of the first fault matching ``stage``, ``login``
+        and (at AUTH) ``mechanism``."""
         with self.lock:
             for fault in self.faults:
                 if fault["stage"] != stage:
                     continue
                 if fault.get("login") and fault["login"] != login:
+                    continue
+                if fault.get("mechanism") and fault["mechanism"] != mechanism:
                     continue
                 if fault.get("after"):
                     fault["after"] -= 1
@@ -101,7 +127,7 @@ class State:
 
 
 def _login_of(args):
-    """The user name carried by an ``AUTH PLAIN|LOGIN <initial-response>``."""
+    """The user name carried by an ``AUTH PLAIN|LOGIN|XOAUTH2 <initial-response>``."""
     if len(args) < 2:
         return None
     try:
@@ -111,7 +137,28 @@ def _login_of(args):
     if args[0].upper() == "PLAIN":
         parts = raw.split(b"\0")
         return parts[1].decode(errors="replace") if len(parts) == 3 else None
+    if args[0].upper() == "XOAUTH2":
+        return _xoauth2(raw)[0]
     return raw.decode(errors="replace")
+
+
+def _xoauth2(raw):
+    """``(user, token)`` of ``user=<email>^Aauth=Bearer <token>^A^A``."""
+    fields = dict(
+        part.split("=", 1)
+        for part in raw.decode(errors="replace").split("\x01")
+        if "=" in part
+    )
+    auth = fields.get("auth", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    return fields.get("user"), token
+
+
+def introspect(url, token):
+    """The OAuth server's RFC 7662 answer about ``token``."""
+    data = urllib.parse.urlencode({"token": token}).encode()
+    with urllib.request.urlopen(url, data=data, timeout=10) as reply:
+        return json.loads(reply.read())
 
 
 def imap_append(imap_port, login, password, folder, raw, flags=""):
@@ -125,10 +172,11 @@ def imap_append(imap_port, login, password, folder, raw, flags=""):
 
 
 class Handler:
-    def __init__(self, state, listener, imap_port):
+    def __init__(self, state, listener, imap_port, introspection_url=None):
         self.state = state
         self.listener = listener
         self.imap_port = imap_port
+        self.introspection_url = introspection_url
 
     def _record(self, session):
         return self.state.session(session, self.listener)
@@ -162,13 +210,64 @@ class Handler:
 
     async def handle_AUTH(self, server, session, envelope, args):
         login = _login_of(args)
-        reply = self.state.take_fault("AUTH", login)
+        mechanism = args[0].upper()
+        reply = self.state.take_fault("AUTH", login, mechanism)
         if reply:
-            self.state.event(self._record(session), "auth", login, False)
+            extra = ["XOAUTH2"] if mechanism == "XOAUTH2" else []
+            self.state.event(self._record(session), "auth", login, False, *extra)
             if reply == "drop":
                 server.transport.abort()
             return reply
         return MISSING
+
+    async def auth_XOAUTH2(self, server, args):
+        """SASL XOAUTH2 (Google, Microsoft): the token must be live at the
+        OAuth server and belong to the user it names."""
+        if len(args) > 1:  # AUTH XOAUTH2 <initial response>: what smtplib sends
+            try:
+                raw = base64.b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        else:
+            raw = await server.challenge_auth("")
+            if raw is MISSING:
+                return AuthResult(success=False, handled=True)
+        login, token = _xoauth2(raw)
+        record = self._record(server.session)
+        try:
+            ok = await self._token_of(login, token)
+        except (OSError, ValueError):  # the OAuth server does not answer
+            _logger.warning("XOAUTH2: introspection failed", exc_info=True)
+            self.state.event(record, "auth", login, False, "XOAUTH2")
+            return AuthResult(success=False, handled=False, message=TEMPORARY_REFUSAL)
+        self.state.event(record, "auth", login, ok, "XOAUTH2")
+        if ok:
+            data = LoginPassword(login.encode(), b"")
+            return AuthResult(success=True, handled=False, auth_data=data)
+        with self.state.lock:
+            style = self.state.xoauth2_style
+        if style == "microsoft":
+            return AuthResult(success=False, handled=False, message=MICROSOFT_REFUSAL)
+        # Google: an error challenge first; the client answers an empty line
+        if await server.challenge_auth(GOOGLE_CHALLENGE) is MISSING:
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=GOOGLE_REFUSAL)
+
+    async def _token_of(self, login, token):
+        """Whether ``token`` is live and ``login``'s (a known mailbox)."""
+        if not (token and login and self.introspection_url):
+            return False
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(
+            None, introspect, self.introspection_url, token
+        )
+        email = (answer.get("email") or answer.get("username") or "").lower()
+        return (
+            answer.get("active") is True
+            and email == login.lower()
+            and email in self.state.users
+        )
 
     async def handle_MAIL(self, server, session, envelope, address, options):
         self.state.event(self._record(session), "mail", address)
@@ -272,6 +371,10 @@ def _control_server(state, port):
                         )
                     if "deliver" in payload:
                         state.deliver = bool(payload["deliver"])
+            elif self.path == "/xoauth2":
+                assert payload["style"] in XOAUTH2_STYLES, payload
+                with state.lock:
+                    state.xoauth2_style = payload["style"]
             else:
                 self.send_error(404)
                 return
@@ -280,6 +383,21 @@ def _control_server(state, port):
     server = ThreadingHTTPServer(("127.0.0.1", port), Control)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+class Server(SMTP):
+    """aiosmtpd's SMTP with room for XOAUTH2 tokens on the AUTH line and in
+    its challenge answer; DATA lines keep RFC 5321's limit."""
+
+    line_length_limit = AUTH_LINE_LIMIT  # the stream reader's, set at __init__
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.line_length_limit = SMTP.line_length_limit  # checked in DATA
+        # aiosmtpd keeps these in a class-wide dict: give each session its own
+        self.command_size_limits = collections.defaultdict(
+            lambda: SMTP.command_size_limit, AUTH=AUTH_LINE_LIMIT
+        )
 
 
 def _tls(cert, key):
@@ -306,10 +424,12 @@ async def serve(config, users):
     }
     listeners["untrusted"][2]["ssl"] = listeners["untrusted"][0]
     for name, (context, require_tls, extra) in listeners.items():
-        handler = Handler(state, name, config["imap_port"])
+        handler = Handler(
+            state, name, config["imap_port"], config.get("introspection_url")
+        )
 
         def factory(handler=handler, context=context, require_tls=require_tls):
-            return SMTP(
+            return Server(
                 handler,
                 hostname="localhost",
                 tls_context=None if not require_tls else context,
