@@ -255,3 +255,36 @@ def test_no_secret_in_a_database_dump(agency, world):
     assert b"ally_smtp_oauth_token" in dump
     for secret in secrets_:
         assert secret.encode() not in dump
+
+
+def test_rotated_refresh_token_survives_a_rolled_back_request(agency, world):
+    """Olga's Test signs in to SMTP (refreshing: Microsoft rotates the refresh
+    token), then IMAP fails and the whole request rolls back. The new refresh
+    token was committed on its own: the next refresh works."""
+    admin = world.admin
+    (company,) = admin("res.company", "read", [agency.company], ["ally_smtp_imap_port"])
+    dead = servers.free_port()
+    agency.oauth.expire(OLGA)
+    before = refreshes(agency)
+    admin("res.company", "write", [agency.company], {"ally_smtp_imap_port": dead})
+    try:
+        with pytest.raises(xmlrpc.client.Fault) as caught:
+            agency.rpc["olga"](
+                "res.users", "action_ally_smtp_test", [agency.users["olga"]]
+            )
+        assert "IMAP" in caught.value.faultString
+    finally:
+        admin(
+            "res.company",
+            "write",
+            [agency.company],
+            {"ally_smtp_imap_port": company["ally_smtp_imap_port"]},
+        )
+    assert refreshes(agency) - before == 1
+    assert len(agency.oauth.stats()["microsoft"]["live_refresh_tokens"][OLGA]) == 1
+    agency.oauth.expire(OLGA)
+    agency.post("olga", "oauth-e2e after a rollback")
+    sent = world.delivered("oauth-e2e after a rollback")
+    assert {m["login"] for m in sent} == {OLGA}
+    assert refreshes(agency) - before == 2
+    assert agency.state("olga")["ally_smtp_state"] != "reconnect"
