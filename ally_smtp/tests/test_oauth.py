@@ -230,6 +230,26 @@ class TestGoogle(OAuthCase):
         mail.invalidate_recordset()
         self.assertEqual(mail.state, "sent", mail.failure_reason)
 
+    def test_temporary_refusal_of_the_mailbox_is_retried(self):
+        """``454 4.7.0`` at AUTH XOAUTH2 says nothing about the token."""
+        self.connect(self.alice)
+        self.smtp.fail(
+            "AUTH",
+            "454 4.7.0 Temporary authentication failure",
+            times=1,
+            mechanism="XOAUTH2",
+        )
+        mail = self.send(self.alice, "Server busy")
+        self.assertEqual(mail.state, "outgoing")
+        self.assertEqual(mail.ally_smtp_attempts, 1)
+        self.assertEqual(self.alice.ally_smtp_state, "ok")
+        self.assertEqual(self.token_calls(), 0)
+        self.assertFalse(self.token(self.alice).broken)
+        mail.scheduled_date = fields.Datetime.now()
+        self.run_queue()
+        mail.invalidate_recordset()
+        self.assertEqual(mail.state, "sent", mail.failure_reason)
+
     def test_refused_client_is_an_admin_problem(self):
         self.connect(self.alice)
         self.due(self.alice)
