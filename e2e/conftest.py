@@ -71,43 +71,19 @@ class World:
             "res.company",
             "write",
             [self.company],
-            {
-                "ally_smtp_enabled": True,
-                "ally_smtp_provider": "custom",
-                "ally_smtp_host": info["smtp"]["host"],
-                "ally_smtp_port": info["smtp"]["ports"]["ssl"],
-                "ally_smtp_encryption": "ssl",
-                "ally_smtp_imap_host": info["imap"]["host"],
-                "ally_smtp_imap_port": info["imap"]["port"],
-                "ally_smtp_sent_copy": "auto",
-            },
+            servers.company_values(info),
         )
         admin("ir.config_parameter", "set_param", "ally_smtp.timeout", "5")
         admin("ir.mail_server", "create", servers.agency_server_values(info))
         self.users, self.rpc = {}, {}
         for login, (mailbox, groups) in PEOPLE.items():
-            self.users[login] = admin(
-                "res.users",
-                "create",
-                {
-                    "name": login.title(),
-                    "login": login,
-                    "password": f"{login}-odoo",
-                    "email": mailbox or f"{login}@example.test",
-                    "groups_id": [(6, 0, [self.xmlid(g) for g in groups])],
-                },
-            )
-            self.rpc[login] = Rpc(self.url, self.db, login, f"{login}-odoo")
+            self.users[login], self.rpc[login] = self.person(login, mailbox, groups)
             if mailbox:
                 self.rpc[login](
                     "res.users",
                     "write",
                     [self.users[login]],
-                    {
-                        "ally_smtp_use_own": True,
-                        "ally_smtp_email": mailbox,
-                        "ally_smtp_password": info["mailboxes"][mailbox],
-                    },
+                    {"ally_smtp_password": info["mailboxes"][mailbox]},
                 )
         self.partner = {
             login: admin("res.users", "read", [uid], ["partner_id"])[0]["partner_id"][0]
@@ -124,13 +100,38 @@ class World:
         self.smtp.reset()
         return self
 
-    def post(self, login, subject, **kwargs):
-        """``login`` writes to the student (or ``partner_ids``) from the chatter."""
-        kwargs.setdefault("partner_ids", [self.student])
-        return self.rpc[login](
+    def person(self, login, mailbox, groups, company=None):
+        """``(uid, rpc)`` of a new user, password ``<login>-odoo``, with their
+        own ``mailbox`` (no password given) when there is one."""
+        values = {
+            "name": login.title(),
+            "login": login,
+            "password": f"{login}-odoo",
+            "email": mailbox or f"{login}@example.test",
+            "groups_id": [(6, 0, [self.xmlid(g) for g in groups])],
+        }
+        if company:
+            values.update(company_id=company, company_ids=[(6, 0, [company])])
+        uid = self.admin("res.users", "create", values)
+        rpc = Rpc(self.url, self.db, login, f"{login}-odoo")
+        if mailbox:
+            rpc(
+                "res.users",
+                "write",
+                [uid],
+                {"ally_smtp_use_own": True, "ally_smtp_email": mailbox},
+            )
+        return uid, rpc
+
+    def post(self, login, subject, rpc=None, student=None, **kwargs):
+        """``login`` (over ``rpc``) writes to the student (or ``partner_ids``)
+        from the chatter."""
+        student = student or self.student
+        kwargs.setdefault("partner_ids", [student])
+        return (rpc or self.rpc[login])(
             "res.partner",
             "message_post",
-            [self.student],
+            [student],
             body=subject,
             subject=subject,
             subtype_xmlid="mail.mt_comment",

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import Rpc, servers, subject_of
+from conftest import PEOPLE, Rpc, servers, subject_of
 
 OLGA, OSCAR = "consultant03@agency.test", "consultant04@agency.test"
 
@@ -35,52 +35,20 @@ class Agency:
         self.company = admin(
             "res.company",
             "create",
-            {
-                "name": "OAuth Agency",
-                "ally_smtp_enabled": True,
-                "ally_smtp_provider": "custom",
-                "ally_smtp_host": info["smtp"]["host"],
-                "ally_smtp_port": info["smtp"]["ports"]["ssl"],
-                "ally_smtp_encryption": "ssl",
-                "ally_smtp_imap_host": info["imap"]["host"],
-                "ally_smtp_imap_port": info["imap"]["port"],
-                "ally_smtp_sent_copy": "always",
-                "ally_smtp_auth_method": "microsoft",
-                "ally_smtp_oauth_client_id": app["client_id"],
-                "ally_smtp_oauth_client_secret": app["client_secret"],
-                "ally_smtp_oauth_tenant": app["tenant"],
-            },
+            servers.company_values(
+                info,
+                name="OAuth Agency",
+                ally_smtp_sent_copy="always",
+                ally_smtp_auth_method="microsoft",
+                ally_smtp_oauth_client_id=app["client_id"],
+                ally_smtp_oauth_client_secret=app["client_secret"],
+                ally_smtp_oauth_tenant=app["tenant"],
+            ),
         )
         self.users, self.rpc = {}, {}
         for login, mailbox in (("olga", OLGA), ("oscar", OSCAR)):
-            self.users[login] = admin(
-                "res.users",
-                "create",
-                {
-                    "name": login.title(),
-                    "login": login,
-                    "password": f"{login}-odoo",
-                    "email": mailbox,
-                    "company_id": self.company,
-                    "company_ids": [(6, 0, [self.company])],
-                    "groups_id": [
-                        (
-                            6,
-                            0,
-                            [
-                                world.xmlid("base.group_user"),
-                                world.xmlid("base.group_partner_manager"),
-                            ],
-                        ),
-                    ],
-                },
-            )
-            self.rpc[login] = Rpc(world.url, world.db, login, f"{login}-odoo")
-            self.rpc[login](
-                "res.users",
-                "write",
-                [self.users[login]],
-                {"ally_smtp_use_own": True, "ally_smtp_email": mailbox},
+            self.users[login], self.rpc[login] = world.person(
+                login, mailbox, PEOPLE["ana"][1], company=self.company
             )
         self.student = admin(
             "res.partner",
@@ -121,14 +89,8 @@ class Agency:
         return user
 
     def post(self, login, subject):
-        return self.rpc[login](
-            "res.partner",
-            "message_post",
-            [self.student],
-            body=subject,
-            subject=subject,
-            partner_ids=[self.student],
-            subtype_xmlid="mail.mt_comment",
+        return self.world.post(
+            login, subject, rpc=self.rpc[login], student=self.student
         )
 
 

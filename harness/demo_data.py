@@ -55,30 +55,8 @@ def load(env):
     )
 
     for login, name, mailbox in CONSULTANTS:
-        user = (
-            env["res.users"]
-            .with_context(no_reset_password=True)
-            .create(
-                {
-                    "name": name,
-                    "login": login,
-                    "password": login,
-                    "email": mailbox,
-                    "lang": "pt_BR",
-                    "groups_id": [
-                        (4, env.ref("base.group_user").id),
-                        (4, env.ref("base.group_partner_manager").id),
-                    ],
-                }
-            )
-        )
-        user.with_user(user).write(
-            {
-                "ally_smtp_use_own": True,
-                "ally_smtp_email": mailbox,
-                "ally_smtp_password": boxes[mailbox],
-            }
-        )
+        user = _consultant(env, login, name, mailbox, company)
+        user.with_user(user).write({"ally_smtp_password": boxes[mailbox]})
         user.with_user(user).action_ally_smtp_test()
 
     _google_agency(env, info, company)
@@ -89,6 +67,31 @@ def load(env):
 
     env.ref("base.user_admin").lang = "pt_BR"
     env.cr.commit()
+
+
+def _consultant(env, login, name, mailbox, company):
+    """A consultant of ``company`` (password = login) with their own mailbox."""
+    user = (
+        env["res.users"]
+        .with_context(no_reset_password=True)
+        .create(
+            {
+                "name": name,
+                "login": login,
+                "password": login,
+                "email": mailbox,
+                "lang": "pt_BR",
+                "company_id": company.id,
+                "company_ids": [(6, 0, company.ids)],
+                "groups_id": [
+                    (4, env.ref("base.group_user").id),
+                    (4, env.ref("base.group_partner_manager").id),
+                ],
+            }
+        )
+    )
+    user.with_user(user).write({"ally_smtp_use_own": True, "ally_smtp_email": mailbox})
+    return user
 
 
 def _google_agency(env, info, company):
@@ -117,27 +120,7 @@ def _google_agency(env, info, company):
         }
     )
     google.action_ally_smtp_integrate()
-    login, name, mailbox = GOOGLE_CONSULTANT
-    user = (
-        env["res.users"]
-        .with_context(no_reset_password=True)
-        .create(
-            {
-                "name": name,
-                "login": login,
-                "password": login,
-                "email": mailbox,
-                "lang": "pt_BR",
-                "company_id": google.id,
-                "company_ids": [(6, 0, [google.id])],
-                "groups_id": [
-                    (4, env.ref("base.group_user").id),
-                    (4, env.ref("base.group_partner_manager").id),
-                ],
-            }
-        )
-    )
-    user.with_user(user).write({"ally_smtp_use_own": True, "ally_smtp_email": mailbox})
+    _consultant(env, *GOOGLE_CONSULTANT, google)
     env.ref("base.user_admin").company_ids = [(4, google.id)]
 
 

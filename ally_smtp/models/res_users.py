@@ -350,34 +350,23 @@ class ResUsers(models.Model):
 
     def _ally_smtp_auth_failed(self, message):
         """The mailbox refused the password: stop using it and tell the user."""
-        self.ensure_one()
-        self.sudo().write(
-            {
-                "ally_smtp_state": "failed",
-                "ally_smtp_last_error": message,
-                "ally_smtp_tested_at": fields.Datetime.now(),
-            }
-        )
-        self.env["bus.bus"]._sendone(
-            self.partner_id,
-            "simple_notification",
-            {
-                "type": "danger",
-                "sticky": True,
-                "title": self.env._("Your mail could not be sent"),
-                "message": message,
-            },
+        self._ally_smtp_stop(
+            "failed", message, self.env._("Your mail could not be sent")
         )
 
     def _ally_smtp_reconnect_needed(self, message):
         """The OAuth grant no longer works: say so to the user, once."""
-        self.ensure_one()
         user = self.sudo()
         if user.ally_smtp_state == "reconnect" and user.ally_smtp_last_error == message:
             return
-        user.write(
+        self._ally_smtp_stop("reconnect", message, self.env._("Reconnect your mailbox"))
+
+    def _ally_smtp_stop(self, state, message, title):
+        """No more logins until the user acts: note why, and tell them."""
+        self.ensure_one()
+        self.sudo().write(
             {
-                "ally_smtp_state": "reconnect",
+                "ally_smtp_state": state,
                 "ally_smtp_last_error": message,
                 "ally_smtp_tested_at": fields.Datetime.now(),
             }
@@ -385,12 +374,7 @@ class ResUsers(models.Model):
         self.env["bus.bus"]._sendone(
             self.partner_id,
             "simple_notification",
-            {
-                "type": "danger",
-                "sticky": True,
-                "title": self.env._("Reconnect your mailbox"),
-                "message": message,
-            },
+            {"type": "danger", "sticky": True, "title": title, "message": message},
         )
 
     @api.depends("ally_smtp_paused_until")

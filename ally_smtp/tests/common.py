@@ -9,26 +9,15 @@ from odoo.tests import TransactionCase, new_test_user
 
 from ..lib import mailbox
 from . import servers
-from .servers import SmtpServer, agency_server_values, free_port, harness
+from .servers import (
+    SmtpServer,
+    agency_server_values,
+    company_values,
+    free_port,
+    harness,
+)
 
 __all__ = ["AllySmtpCase", "AllySmtpMixin", "Mailbox", "SmtpServer", "free_port"]
-
-
-def company_values(info, encryption="ssl", **values):
-    """A company integrated with the harness provider ``info``."""
-    port = info["smtp"]["ports"]["ssl" if encryption == "ssl" else "starttls"]
-    return {
-        "ally_smtp_enabled": True,
-        "ally_smtp_provider": "custom",
-        "ally_smtp_host": info["smtp"]["host"],
-        "ally_smtp_port": port,
-        "ally_smtp_encryption": encryption,
-        "ally_smtp_imap_host": info["imap"]["host"],
-        "ally_smtp_imap_port": info["imap"]["port"],
-        "ally_smtp_sent_copy": "auto",
-        "ally_smtp_verify_tls": True,
-        **values,
-    }
 
 
 class Mailbox(servers.Mailbox):

@@ -49,6 +49,23 @@ def agency_server_values(info, name="agency"):
     }
 
 
+def company_values(info, encryption="ssl", **values):
+    """A company integrated with the harness provider ``info``."""
+    port = info["smtp"]["ports"]["ssl" if encryption == "ssl" else "starttls"]
+    return {
+        "ally_smtp_enabled": True,
+        "ally_smtp_provider": "custom",
+        "ally_smtp_host": info["smtp"]["host"],
+        "ally_smtp_port": port,
+        "ally_smtp_encryption": encryption,
+        "ally_smtp_imap_host": info["imap"]["host"],
+        "ally_smtp_imap_port": info["imap"]["port"],
+        "ally_smtp_sent_copy": "auto",
+        "ally_smtp_verify_tls": True,
+        **values,
+    }
+
+
 class SmtpServer:
     """Client of the harness SMTP server's control API."""
 
