@@ -106,6 +106,18 @@ class IMAP4_SSL(imaplib.IMAP4_SSL):
         self.literal = message
         return self._simple_command("APPEND", mailbox, flags, date)
 
+    def multiappend(self, mailbox, flags, messages):
+        """APPEND ``messages`` (``[(raw, date_time)]``, CRLF line endings) in
+        one command (MULTIAPPEND, RFC 3502) of non-synchronizing literals
+        (LITERAL+, RFC 7888): one round trip for all, and all or none added.
+        Only for a server that announces both."""
+        args = [mailbox]
+        for raw, date_time in messages:
+            date = imaplib.Time2Internaldate(date_time)
+            literal = f"{flags} {date} {{{len(raw)}+}}\r\n".encode()
+            args.append(literal + raw)
+        return self._simple_command("APPEND", *args)
+
 
 def imap_connect(host, port, verify=True, timeout=TIMEOUT):
     return IMAP4_SSL(host, port, ssl_context=tls_context(verify), timeout=timeout)
@@ -214,6 +226,7 @@ class SentFolder:
         self.imap = imap
         self.name = name
         self._rediscovered = False
+        self._multiappend = None
         if not self.name:
             self._discover()
 
@@ -257,3 +270,25 @@ class SentFolder:
         if any(code in lowered for code in _MISSING):
             raise FolderMissing(text)
         raise imaplib.IMAP4.error(text)
+
+    def append_many(self, messages):
+        """APPEND ``messages`` (``[(raw, date_time)]``, read) in one command,
+        all or none; False when the server does not offer it or refused them
+        (none was added: add each alone, for its own error)."""
+        if self._multiappend is None:
+            _typ, data = self.imap.capability()
+            offered = set(_text(data).upper().split())
+            self._multiappend = {"MULTIAPPEND", "LITERAL+"} <= offered
+        if (
+            not self._multiappend
+            or self.imap.utf8_enabled
+            or any(_BARE_EOL.search(raw) for raw, _date in messages)
+        ):
+            return False
+        try:
+            typ, _data = self.imap.multiappend(quote(self.name), r"(\Seen)", messages)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error:  # BAD: not carried out
+            return False
+        return typ == "OK"
