@@ -108,11 +108,14 @@ class BenchMemory(AllySmtpCase):
             mail = self._queue(user, 1, attachment.ids)
             message_id = mail.message_id
             self.env.flush_all()
+            # as a queue run in a new worker: the attachment is read again
+            self.env.invalidate_all()
             with self.live():
                 growth = peak_growth(self.env["mail.mail"].process_email_queue)
             size = len(self.smtp.messages()[0]["data"])
             rows.append((label, growth, size))
         Copy = self.env["ally.smtp.sent.copy"]
+        self.env.invalidate_all()
         with self.live():
             growth = peak_growth(Copy._ally_smtp_process)
         copy = Copy.search([("message_id", "=", message_id)])
