@@ -24,7 +24,7 @@ KEEP_DONE = timedelta(days=7)
 # when its first chunk left this long ago (a chunk stuck in the queue)
 WAIT_FOR_CHUNKS = timedelta(hours=1)
 RECHECK = timedelta(minutes=1)
-READ_CHUNK = 4 * 1024 * 1024  # bytes of a message read per query
+READ_CHUNK = 1024 * 1024  # bytes of a message read per query
 # copies a run claims, files and commits at once: 1, then twice as many each
 # time, up to CLAIM_MOST, and half as many after a batch longer than BATCH_TIME
 CLAIM_MOST = 16
