@@ -393,15 +393,27 @@ class SentFolder:
         self._discover()
         return self.name != old
 
-    def has_message(self, message_id):
-        """Whether the folder already holds a message with this Message-ID."""
+    def find(self, message_ids):
+        """Those of ``message_ids`` that the folder already holds: one SEARCH
+        for all, then the Message-ID of what it found, when there are several."""
         typ, data = self.imap.select(quote(self.name), readonly=True)
         if self._retry_missing(typ, data):
             typ, data = self.imap.select(quote(self.name), readonly=True)
         if typ != "OK":
             raise FolderMissing(_text(data))
-        typ, data = self.imap.uid("SEARCH", "HEADER", "Message-ID", quote(message_id))
-        return typ == "OK" and bool(data and data[0] and data[0].split())
+        keys = ["OR"] * (len(message_ids) - 1)
+        for message_id in message_ids:
+            keys += ["HEADER", "Message-ID", quote(message_id)]
+        typ, data = self.imap.uid("SEARCH", *keys)
+        uids = data[0].split() if typ == "OK" and data and data[0] else []
+        if len(message_ids) < 2 or not uids:
+            return set(message_ids) if uids else set()
+        typ, data = self.imap.uid(
+            "FETCH", b",".join(uids).decode(), "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+        )
+        # as the server's HEADER search: a substring, whatever the case
+        found = b"".join(item[1] for item in data if isinstance(item, tuple)).lower()
+        return {m for m in message_ids if m.lower().encode() in found}
 
     def append(self, raw, date_time):
         """APPEND ``raw`` as read (``\\Seen``); TooBig/FolderMissing/error."""

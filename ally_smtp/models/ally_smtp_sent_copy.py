@@ -592,13 +592,15 @@ class AllySmtpSentCopy(models.Model):
         several; return those to add one at a time (the server refused them
         together, which adds none of them).
 
-        A copy an earlier attempt may have filed (``verify``), or that the
-        provider may have filed itself (``auto``), is looked for first.
-        ``filed`` gets the ``(copy id, state)`` of each copy filed.
+        The copies an earlier attempt may have filed (``verify``), or that the
+        provider may have filed itself (``auto``), are looked for first, all
+        at once. ``filed`` gets the ``(copy id, state)`` of each copy filed.
         """
+        look = self.filtered(lambda c: mode == "auto" or c.verify)
+        found = folder.find(look.mapped("message_id")) if look else set()
         messages = []
         for copy in self:
-            if (mode == "auto" or copy.verify) and folder.has_message(copy.message_id):
+            if copy in look and copy.message_id in found:
                 filed.append((copy.id, "done" if copy.verify else "skipped"))
                 continue
             date = copy.first_sent or fields.Datetime.now()

@@ -253,6 +253,34 @@ class TestSentCopy(AllySmtpCase):
                         self.addresses(filed["To"]), ["student1@school.test"]
                     )
 
+    def test_auto_looks_for_a_batch_at_once_and_adds_the_others(self):
+        """'auto': the copies the provider filed itself are found with one
+        SEARCH per batch and skipped; the others are added, each once."""
+        self.company.ally_smtp_sent_copy = "auto"
+        mails = [self.queue(self.alice, f"auto {i}") for i in range(5)]
+        self.run_queue()
+        provider = {mails[1].message_id, mails[4].message_id}  # filed by it
+        with self.alice_box.connect() as imap:
+            for sent in self.smtp.messages():
+                if sent["message_id"] in provider:
+                    raw = sent["data"].encode("utf-8", "surrogateescape")
+                    imap.append("Sent", r"(\Seen)", None, raw)
+        searches = []
+        real = mailbox.SentFolder.find
+
+        def find(folder, message_ids):
+            searches.append(len(message_ids))
+            return real(folder, message_ids)
+
+        with patch.object(mailbox.SentFolder, "find", find):
+            self.file_copies()
+        self.assertEqual(searches, [1, 2, 2])  # claimed 1, then 2, then 2
+        for mail in mails:
+            copy = self.copy_of(mail.message_id)
+            state = "skipped" if mail.message_id in provider else "done"
+            self.assertEqual(copy.state, state, copy.last_error)
+            self.assertEqual(len(self.alice_box.find("Sent", mail.message_id)), 1)
+
     @staticmethod
     def _counted_multiappend(commands, refused):
         real = mailbox.IMAP4_SSL.multiappend
