@@ -602,10 +602,12 @@ class BenchAgency(QueueBench):
 class BenchFiling(PersonalBench):
     """Only the filing: the copies of one 'always' queue run of 500 mails are
     filed again round after round (their parts restored as the send path left
-    them), in turns with the raw APPEND loop of the same messages.
+    them), in turns with the raw APPEND loop of the same messages: in mode
+    'always', and in mode 'auto' where each copy is looked for first (the
+    provider filed none of them).
 
-    ALLY_SMTP_BENCH_PROFILE=<file> also profiles one more filing run (cProfile)
-    and writes its statistics there.
+    ALLY_SMTP_BENCH_PROFILE=<file> also profiles one more filing run (cProfile,
+    'always') and writes its statistics there.
     """
 
     def _save_parts(self):
@@ -620,7 +622,7 @@ class BenchFiling(PersonalBench):
         with self.registry.cursor() as cr:
             cr.execute("DROP TABLE IF EXISTS ally_smtp_bench_parts")
 
-    def _restore_parts(self):
+    def _restore_parts(self, mode):
         """The copies as the send path left them: parts only, none gathered."""
         with self.registry.cursor() as cr:
             cr.execute(
@@ -628,10 +630,12 @@ class BenchFiling(PersonalBench):
                 "INSERT INTO ally_smtp_sent_copy_part "
                 "SELECT * FROM ally_smtp_bench_parts"
             )
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            env.ref("base.main_company").ally_smtp_sent_copy = mode
         self.box.purge()
 
     def _profile(self, path):
-        self._restore_parts()
+        self._restore_parts("always")
 
         def work(env):
             profile = cProfile.Profile()
@@ -645,7 +649,8 @@ class BenchFiling(PersonalBench):
         self.box.purge()
 
     def test_bench_filing(self):
-        filing, append = "ally_smtp Sent-copy cron", "raw imaplib APPEND, 1 login"
+        append = "raw imaplib APPEND, 1 login"
+        modes = {"Sent-copy cron, 'always'": "always", "Sent-copy cron, 'auto'": "auto"}
         self._run(self.personal_uid, "always", 20)  # warm the caches
         self._file()
         self.box.purge()
@@ -653,11 +658,12 @@ class BenchFiling(PersonalBench):
         self._save_parts()
         seconds = defaultdict(list)
         queries, logins, runs = {}, {}, []
-        for rnd in range(ROUNDS):
-            for step in (filing, append) if rnd % 2 else (append, filing):
-                if step == filing:
-                    self._restore_parts()
-                    secs, queries[filing], logins[filing], count = self._file_all()
+        steps = [append, *modes]
+        for rnd in range(ROUNDS):  # the order rotates from round to round
+            for step in steps[rnd % 3 :] + steps[: rnd % 3]:
+                if step in modes:
+                    self._restore_parts(modes[step])
+                    secs, queries[step], logins[step], count = self._file_all()
                     runs.append(count)
                 else:
                     secs, logins[append] = self.imap_floor(ALICE, raws)
@@ -669,8 +675,9 @@ class BenchFiling(PersonalBench):
             "%-28s %8s %8s %20s %9s %6s"
             % ("path", "seconds", "copies/s", "vs raw APPEND", "queries", "IMAP")
         )
-        logins[filing] = Counter({ALICE: max(runs)})
-        _print_rows((append, filing), seconds, seconds[append], queries, logins)
+        for step in modes:
+            logins[step] = Counter({ALICE: max(runs)})
+        _print_rows((append, *modes), seconds, seconds[append], queries, logins)
         if max(runs) > 1:
             print(f"(filing runs per round, stopped at their time budget: {runs})")
         if os.environ.get("ALLY_SMTP_BENCH_PROFILE"):
