@@ -205,12 +205,13 @@ class MailMail(models.Model):
         if not (mail_server and mail_server.sudo().ally_smtp_owner_id):
             return emails
         for email in emails:
-            email["attachments"] = [
-                (name, mailbox.Attachment(content), mimetype)
-                if isinstance(content, bytes) and len(content) >= mailbox.LARGE
-                else (name, content, mimetype)
-                for name, content, mimetype in email["attachments"]
-            ]
+            if email.get("attachments"):
+                email["attachments"] = [
+                    (name, mailbox.Attachment(content), mimetype)
+                    if isinstance(content, bytes) and len(content) >= mailbox.LARGE
+                    else (name, content, mimetype)
+                    for name, content, mimetype in email["attachments"]
+                ]
         self.env.cr.postcommit.data[SENDING] = self.id
         if not self.ally_smtp_tried:
             return emails
