@@ -411,6 +411,8 @@ class SentFolder:
         typ, data = self.imap.uid(
             "FETCH", b",".join(uids).decode(), "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
         )
+        if typ != "OK":  # found, but which ones: not known, so none is added
+            raise imaplib.IMAP4.error(_text(data))
         # as the server's HEADER search: a substring, whatever the case
         found = b"".join(item[1] for item in data if isinstance(item, tuple)).lower()
         return {m for m in message_ids if m.lower().encode() in found}
