@@ -4,10 +4,12 @@
 asserted about time or memory (tests never do).
 """
 
+import cProfile
 import ctypes
 import gc
 import imaplib
 import os
+import pstats
 import re
 import smtplib
 import ssl
@@ -106,11 +108,14 @@ class BenchMemory(AllySmtpCase):
             mail = self._queue(user, 1, attachment.ids)
             message_id = mail.message_id
             self.env.flush_all()
+            # as a queue run in a new worker: the attachment is read again
+            self.env.invalidate_all()
             with self.live():
                 growth = peak_growth(self.env["mail.mail"].process_email_queue)
             size = len(self.smtp.messages()[0]["data"])
             rows.append((label, growth, size))
         Copy = self.env["ally.smtp.sent.copy"]
+        self.env.invalidate_all()
         with self.live():
             growth = peak_growth(Copy._ally_smtp_process)
         copy = Copy.search([("message_id", "=", message_id)])
@@ -357,10 +362,8 @@ def _range(values):
     return statistics.median(values), values[0], values[-1]
 
 
-@tagged("post_install", "-at_install")
-class BenchQueueRun(QueueBench):
-    """500 mails of one user per queue run; stock Odoo, the personal path, the
-    Sent-copy filing and the raw protocol floors, rotated round after round."""
+class PersonalBench(QueueBench):
+    """The admin sends through ALICE's mailbox; an agency server for stock Odoo."""
 
     def setUp(self):
         super().setUp()
@@ -415,6 +418,12 @@ class BenchQueueRun(QueueBench):
             logins += more[3]
         self.assertEqual(dict(logins), {ALICE: runs})  # one login per run
         return secs, queries, logins, runs
+
+
+@tagged("post_install", "-at_install")
+class BenchQueueRun(PersonalBench):
+    """500 mails of one user per queue run; stock Odoo, the personal path, the
+    Sent-copy filing and the raw protocol floors, rotated round after round."""
 
     def test_bench_queue_run(self):
         stock, never, always = (
@@ -587,3 +596,89 @@ class BenchAgency(QueueBench):
         self.assertEqual(filed, mails)
         self.assertEqual(dict(smtp), dict.fromkeys(self.boxes, 1))
         self.assertEqual(dict(imap), dict.fromkeys(self.boxes, 1))
+
+
+@tagged("post_install", "-at_install")
+class BenchFiling(PersonalBench):
+    """Only the filing: the copies of one 'always' queue run of 500 mails are
+    filed again round after round (their parts restored as the send path left
+    them), in turns with the raw APPEND loop of the same messages: in mode
+    'always', and in mode 'auto' where each copy is looked for first (the
+    provider filed none of them).
+
+    ALLY_SMTP_BENCH_PROFILE=<file> also profiles one more filing run (cProfile,
+    'always') and writes its statistics there.
+    """
+
+    def _save_parts(self):
+        with self.registry.cursor() as cr:
+            cr.execute(
+                "CREATE TABLE ally_smtp_bench_parts AS "
+                "SELECT * FROM ally_smtp_sent_copy_part"
+            )
+        self.addCleanup(self._drop_parts)
+
+    def _drop_parts(self):
+        with self.registry.cursor() as cr:
+            cr.execute("DROP TABLE IF EXISTS ally_smtp_bench_parts")
+
+    def _restore_parts(self, mode):
+        """The copies as the send path left them: parts only, none gathered."""
+        with self.registry.cursor() as cr:
+            cr.execute(
+                "DELETE FROM ally_smtp_sent_copy; DELETE FROM ally_smtp_sent_copy_part;"
+                "INSERT INTO ally_smtp_sent_copy_part "
+                "SELECT * FROM ally_smtp_bench_parts"
+            )
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            env.ref("base.main_company").ally_smtp_sent_copy = mode
+        self.box.purge()
+
+    def _profile(self, path):
+        self._restore_parts("always")
+
+        def work(env):
+            profile = cProfile.Profile()
+            profile.runcall(env["ally.smtp.sent.copy"]._ally_smtp_process)
+            profile.dump_stats(path)
+            return profile
+
+        stats = pstats.Stats(self._in_thread(work))
+        print(f"\nOne filing run of {MAILS} copies under cProfile ({path}):")
+        stats.sort_stats("tottime").print_stats(25)
+        self.box.purge()
+
+    def test_bench_filing(self):
+        append = "raw imaplib APPEND, 1 login"
+        modes = {"Sent-copy cron, 'always'": "always", "Sent-copy cron, 'auto'": "auto"}
+        self._run(self.personal_uid, "always", 20)  # warm the caches
+        self._file()
+        self.box.purge()
+        *_sent, raws = self._run(self.personal_uid, "always", MAILS)
+        self._save_parts()
+        seconds = defaultdict(list)
+        queries, logins, runs = {}, {}, []
+        steps = [append, *modes]
+        for rnd in range(ROUNDS):  # the order rotates from round to round
+            for step in steps[rnd % 3 :] + steps[: rnd % 3]:
+                if step in modes:
+                    self._restore_parts(modes[step])
+                    secs, queries[step], logins[step], count = self._file_all()
+                    runs.append(count)
+                else:
+                    secs, logins[append] = self.imap_floor(ALICE, raws)
+                seconds[step].append(secs)
+                self.box.purge()
+        print(
+            f"\nFiling {MAILS} Sent copies (one cron run) against a raw APPEND loop "
+            f"of the same messages, {ROUNDS} rounds\n"
+            "%-28s %8s %8s %20s %9s %6s"
+            % ("path", "seconds", "copies/s", "vs raw APPEND", "queries", "IMAP")
+        )
+        for step in modes:
+            logins[step] = Counter({ALICE: max(runs)})
+        _print_rows((append, *modes), seconds, seconds[append], queries, logins)
+        if max(runs) > 1:
+            print(f"(filing runs per round, stopped at their time budget: {runs})")
+        if os.environ.get("ALLY_SMTP_BENCH_PROFILE"):
+            self._profile(os.environ["ALLY_SMTP_BENCH_PROFILE"])

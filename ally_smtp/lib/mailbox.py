@@ -1,9 +1,12 @@
 """SMTP and IMAP sessions with verified TLS, and the IMAP Sent folder."""
 
+import binascii
+import email.contentmanager
 import imaplib
 import re
 import smtplib
 import ssl
+import uuid
 
 from odoo.tools import config
 
@@ -26,6 +29,14 @@ _MISSING = ("[trycreate]", "[nonexistent]", "doesn't exist", "does not exist")
 # ... and of a message larger than the server accepts (RFC 5530, RFC 7889)
 _TOO_BIG = ("[toobig]", "[limit]", "too large", "too big")
 _BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+# a base64 body (an attachment) this large is put into the flattened message
+# here, in pieces of PIECE bytes, rather than by the standard library; a
+# message this large goes in DATA in pieces too
+LARGE = 1024 * 1024
+PIECE = 256 * 1024
+_BASE64_BODY = re.compile(r"[A-Za-z0-9+/=\n]*")
+_BODY_TOKEN = re.compile(rb"ally-smtp-body-[0-9a-f]{32}")
+_LINE_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 def tls_context(verify=True):
@@ -74,11 +85,147 @@ class _KeepSent:
         return result
 
 
-class SMTP(_KeepSent, _QuitQuietly, smtplib.SMTP):
+class Attachment:
+    """The content of an attachment for ``EmailMessage.add_attachment``, which
+    encodes it as the standard library does (base64) but in pieces: not one
+    string per line (3.5 times the attachment at the peak)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+
+def encode_base64(data, max_line_length):
+    """``email.contentmanager``'s base64 of ``data`` (lines of at most
+    ``max_line_length``, each ending in a newline), made in pieces."""
+    per_line = max_line_length // 4 * 3
+    step = per_line * (PIECE // max_line_length)
+    view, pieces = memoryview(data), []
+    for start in range(0, len(view), step):
+        chunk = view[start : start + step]
+        lines = [
+            binascii.b2a_base64(chunk[i : i + per_line])
+            for i in range(0, len(chunk), per_line)
+        ]
+        pieces.append(b"".join(lines).decode("ascii"))
+    return "".join(pieces)
+
+
+def _set_attachment(msg, content, *args, cte="base64", **kwargs):
+    if cte != "base64":
+        return email.contentmanager.set_bytes_content(
+            msg, content.data, *args, cte=cte, **kwargs
+        )
+    email.contentmanager.set_bytes_content(msg, b"", *args, **kwargs)
+    msg.set_payload(encode_base64(content.data, msg.policy.max_line_length))
+    return None
+
+
+# the content manager of the standard library's policies (Odoo uses SMTP)
+email.contentmanager.raw_data_manager.add_set_handler(Attachment, _set_attachment)
+
+
+class _Unexpected(Exception):
+    """The flattened message is not as expected: flatten it the usual way."""
+
+
+def _with_bodies(flat, bodies):
+    """``flat`` with each token replaced by its body of ``bodies``, lines ending
+    in CRLF as the generator ends them: the bytes the standard library makes
+    of the whole message, made once, in pieces."""
+    tokens = _BODY_TOKEN.findall(flat)
+    if sorted(tokens) != sorted(bodies):
+        raise _Unexpected(tokens)
+    size = len(flat) + sum(
+        len(body) + body.count("\n") - len(token)
+        for token, (_part, body) in bodies.items()
+    )
+    message, pos, start = bytearray(size), 0, 0
+    for match in _BODY_TOKEN.finditer(flat):
+        message[pos : pos + match.start() - start] = flat[start : match.start()]
+        pos += match.start() - start
+        body = bodies[match.group()][1]
+        for i in range(0, len(body), PIECE):
+            piece = body[i : i + PIECE].encode("ascii").replace(b"\n", b"\r\n")
+            message[pos : pos + len(piece)] = piece
+            pos += len(piece)
+        start = match.end()
+    message[pos:] = flat[start:]
+    return message
+
+
+class _LargeBodies:
+    """Flatten a message with a large attachment without the standard
+    library's object per line and whole copies (four times the message at
+    the peak): the large base64 bodies are set aside, the rest is flattened
+    as usual and the bodies are put back into those bytes, in pieces. Only
+    base64 text, which flattening does not change but for line endings."""
+
+    _ally_smtp_bodies = None
+
+    def send_message(self, msg, *args, **kwargs):
+        bodies = {}
+        for part in msg.walk():
+            body = part.get_payload()
+            if (
+                isinstance(body, str)
+                and len(body) >= LARGE
+                and body.isascii()
+                and _BASE64_BODY.fullmatch(body)
+            ):
+                token = f"ally-smtp-body-{uuid.uuid4().hex}"
+                bodies[token.encode()] = (part, body)
+                part.set_payload(token)
+        self._ally_smtp_bodies = bodies
+        try:
+            return super().send_message(msg, *args, **kwargs)
+        except _Unexpected:  # raised before anything is sent
+            self._ally_smtp_bodies = None
+            for part, body in bodies.values():
+                part.set_payload(body)
+            return super().send_message(msg, *args, **kwargs)
+        finally:
+            self._ally_smtp_bodies = None
+            for part, body in bodies.values():
+                part.set_payload(body)
+
+    def sendmail(self, from_addr, to_addrs, msg, *args, **kwargs):
+        if self._ally_smtp_bodies:
+            msg = _with_bodies(msg, self._ally_smtp_bodies)
+        return super().sendmail(from_addr, to_addrs, msg, *args, **kwargs)
+
+
+class _StreamData:
+    """smtplib's DATA makes two more whole copies of the message (the lines
+    starting with a dot doubled, then the terminator appended): a large
+    message is sent in pieces of whole lines instead, each piece dot-stuffed
+    on its own, so that it exists once more only a piece at a time."""
+
+    def data(self, msg):
+        if isinstance(msg, str) or len(msg) < LARGE:
+            return super().data(msg)
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        view, pos = memoryview(msg), 0
+        while pos < len(msg):
+            end = msg.find(b"\n", pos + PIECE)
+            end = len(msg) if end < 0 else end + 1
+            piece = _LINE_DOT.sub(b"..", view[pos:end])
+            pos = end
+            if pos == len(msg):
+                piece += b".\r\n" if piece.endswith(b"\r\n") else b"\r\n.\r\n"
+            self.send(piece)
+        return self.getreply()
+
+
+class SMTP(_LargeBodies, _KeepSent, _StreamData, _QuitQuietly, smtplib.SMTP):
     pass
 
 
-class SMTP_SSL(_KeepSent, _QuitQuietly, smtplib.SMTP_SSL):
+class SMTP_SSL(_LargeBodies, _KeepSent, _StreamData, _QuitQuietly, smtplib.SMTP_SSL):
     pass
 
 
@@ -105,6 +252,18 @@ class IMAP4_SSL(imaplib.IMAP4_SSL):
         date = imaplib.Time2Internaldate(date_time) if date_time else None
         self.literal = message
         return self._simple_command("APPEND", mailbox, flags, date)
+
+    def multiappend(self, mailbox, flags, messages):
+        """APPEND ``messages`` (``[(raw, date_time)]``, CRLF line endings) in
+        one command (MULTIAPPEND, RFC 3502) of non-synchronizing literals
+        (LITERAL+, RFC 7888): one round trip for all, and all or none added.
+        Only for a server that announces both."""
+        args = [mailbox]
+        for raw, date_time in messages:
+            date = imaplib.Time2Internaldate(date_time)
+            literal = f"{flags} {date} {{{len(raw)}+}}\r\n".encode()
+            args.append(literal + raw)
+        return self._simple_command("APPEND", *args)
 
 
 def imap_connect(host, port, verify=True, timeout=TIMEOUT):
@@ -214,6 +373,7 @@ class SentFolder:
         self.imap = imap
         self.name = name
         self._rediscovered = False
+        self._multiappend = None
         if not self.name:
             self._discover()
 
@@ -233,15 +393,29 @@ class SentFolder:
         self._discover()
         return self.name != old
 
-    def has_message(self, message_id):
-        """Whether the folder already holds a message with this Message-ID."""
+    def find(self, message_ids):
+        """Those of ``message_ids`` that the folder already holds: one SEARCH
+        for all, then the Message-ID of what it found, when there are several."""
         typ, data = self.imap.select(quote(self.name), readonly=True)
         if self._retry_missing(typ, data):
             typ, data = self.imap.select(quote(self.name), readonly=True)
         if typ != "OK":
             raise FolderMissing(_text(data))
-        typ, data = self.imap.uid("SEARCH", "HEADER", "Message-ID", quote(message_id))
-        return typ == "OK" and bool(data and data[0] and data[0].split())
+        keys = ["OR"] * (len(message_ids) - 1)
+        for message_id in message_ids:
+            keys += ["HEADER", "Message-ID", quote(message_id)]
+        typ, data = self.imap.uid("SEARCH", *keys)
+        uids = data[0].split() if typ == "OK" and data and data[0] else []
+        if len(message_ids) < 2 or not uids:
+            return set(message_ids) if uids else set()
+        typ, data = self.imap.uid(
+            "FETCH", b",".join(uids).decode(), "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+        )
+        if typ != "OK":  # found, but which ones: not known, so none is added
+            raise imaplib.IMAP4.error(_text(data))
+        # as the server's HEADER search: a substring, whatever the case
+        found = b"".join(item[1] for item in data if isinstance(item, tuple)).lower()
+        return {m for m in message_ids if m.lower().encode() in found}
 
     def append(self, raw, date_time):
         """APPEND ``raw`` as read (``\\Seen``); TooBig/FolderMissing/error."""
@@ -257,3 +431,25 @@ class SentFolder:
         if any(code in lowered for code in _MISSING):
             raise FolderMissing(text)
         raise imaplib.IMAP4.error(text)
+
+    def append_many(self, messages):
+        """APPEND ``messages`` (``[(raw, date_time)]``, read) in one command,
+        all or none; False when the server does not offer it or refused them
+        (none was added: add each alone, for its own error)."""
+        if self._multiappend is None:
+            _typ, data = self.imap.capability()
+            offered = set(_text(data).upper().split())
+            self._multiappend = {"MULTIAPPEND", "LITERAL+"} <= offered
+        if (
+            not self._multiappend
+            or self.imap.utf8_enabled
+            or any(_BARE_EOL.search(raw) for raw, _date in messages)
+        ):
+            return False
+        try:
+            typ, _data = self.imap.multiappend(quote(self.name), r"(\Seen)", messages)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error:  # BAD: not carried out
+            return False
+        return typ == "OK"

@@ -24,9 +24,12 @@ KEEP_DONE = timedelta(days=7)
 # when its first chunk left this long ago (a chunk stuck in the queue)
 WAIT_FOR_CHUNKS = timedelta(hours=1)
 RECHECK = timedelta(minutes=1)
-READ_CHUNK = 4 * 1024 * 1024  # bytes of a message read per query
-# copies a run claims at once: 1, then twice as many each time, up to CLAIM_MOST
-CLAIM_MOST = 64
+READ_CHUNK = 1024 * 1024  # bytes of a message read per query
+# copies a run claims, files and commits at once: 1, then twice as many each
+# time, up to CLAIM_MOST, and half as many after a batch longer than BATCH_TIME
+CLAIM_MOST = 16
+BATCH_TIME = 0.5
+# read with the lock; a message no larger is APPENDed together with others
 HEAD_CHUNK = 64 * 1024
 _COLLECT_LOCK = zlib.crc32(b"ally_smtp.sent_copy.collect")
 # headers of the SMTP transaction that a mail client's Sent copy does not carry
@@ -75,16 +78,19 @@ def _merge(values):
     return result
 
 
-# lock a claimed copy (still this run's) and read the start of its message
+# lock the claimed copies (still this run's) and read the start of their messages
 _LOAD = """
     SELECT c.id, p.id, octet_length(p.raw), substring(p.raw FROM 1 FOR %s)
       FROM ally_smtp_sent_copy c
+      JOIN unnest(%s::int[], %s::int[]) AS mine(id, attempts)
+        ON mine.id = c.id AND mine.attempts = c.attempts
       LEFT JOIN LATERAL (
             SELECT id, raw FROM ally_smtp_sent_copy_part
              WHERE copy_id = c.id AND raw IS NOT NULL
              ORDER BY id LIMIT 1
       ) p ON TRUE
-     WHERE c.id = %s AND c.state = 'filing' AND c.attempts = %s
+     WHERE c.state = 'filing'
+     ORDER BY c.id
        FOR UPDATE OF c
 """
 
@@ -377,9 +383,11 @@ class AllySmtpSentCopy(models.Model):
         """File ``user``'s ready copies over one IMAP session; return how many.
 
         Files at least one copy, then stops at ``deadline``. Copies are claimed
-        a few at a time (1, 2, 4, ... up to ``CLAIM_MOST``) and what a batch
-        filed is committed at its end: a run that dies in a batch leaves its
-        copies 'filing', looked for in the folder before they are added again.
+        a few at a time (1, 2, 4, ... up to ``CLAIM_MOST``), locked and read in
+        one query, APPENDed several in one command where the server allows it,
+        and what a batch filed is committed at its end: a run that dies in a
+        batch leaves its copies 'filing', looked for in the folder before they
+        are added again.
         """
         company = user.company_id
         host = (company.ally_smtp_imap_host or "").strip()
@@ -388,10 +396,10 @@ class AllySmtpSentCopy(models.Model):
         size, claimed, filed = 1, self.browse(), _Filed()
         try:
             while not done or time.monotonic() < deadline:
+                started = time.monotonic()
                 claimed = self._ally_smtp_claim(user, size)
                 if not claimed:
                     break
-                size = min(2 * size, CLAIM_MOST)
                 if folder is None:
                     copy = claimed[0]  # the copy a failure to log in is noted on
                     if not host:
@@ -401,23 +409,33 @@ class AllySmtpSentCopy(models.Model):
                     imap = company._ally_smtp_open_imap()
                     user._ally_smtp_sign_in_imap(imap)
                     folder = mailbox.SentFolder(imap, user.ally_smtp_sent_folder)
-                for copy in claimed:
+                loaded = claimed._ally_smtp_lock()
+                claimed = claimed.browse(list(loaded))  # those still ours
+                groups = claimed._ally_smtp_groups(loaded)
+                while groups:
+                    copy = groups.pop(0)
                     if done and time.monotonic() >= deadline:
                         break
                     try:
-                        done += copy._ally_smtp_file(
-                            folder, company.ally_smtp_sent_copy, filed
+                        alone = copy._ally_smtp_file(
+                            folder, company.ally_smtp_sent_copy, loaded, filed
                         )
                     except mailbox.TooBig as exc:  # this copy only; go on
                         copy._ally_smtp_failed(user, exc, host, port)
-                        done += 1
-                    claimed -= copy
+                        alone = self.browse()
+                    groups[:0] = list(alone)
+                    done += len(copy - alone)
+                    claimed -= copy - alone
                 copy = self.browse()
                 self._ally_smtp_finish(filed)
                 claimed._ally_smtp_release()
                 self._ally_smtp_commit()
                 filed, claimed = _Filed(), self.browse()
                 self._ally_smtp_remember(user, folder.name)
+                if time.monotonic() - started < BATCH_TIME:
+                    size = min(2 * size, CLAIM_MOST)
+                else:
+                    size = max(size // 2, 1)
         except TransactionRollbackError as exc:
             self._ally_smtp_rollback()  # another run files this user's copies
             _logger.info("ally_smtp: Sent copies of user %s: %s", user.id, exc)
@@ -545,34 +563,58 @@ class AllySmtpSentCopy(models.Model):
             )
             self.invalidate_recordset(["state", "attempts", "next_try"])
 
-    def _ally_smtp_file(self, folder, mode, filed):
-        """APPEND this claimed copy, holding its row until it is marked done.
+    def _ally_smtp_lock(self):
+        """Lock the claimed copies that are still this run's and read the start
+        of their messages: ``{copy id: (part id, size, head)}``.
 
-        The row lock keeps another run from taking the copy over while the
-        APPEND is under way (its claim query skips locked rows). ``filed``
-        lists the ``(copy id, state)`` filed since the last commit; those not
-        written yet are written in the same round trip as this copy's lock.
+        The row locks keep another run from taking a copy over while it is
+        APPENDed (its claim query skips locked rows); a copy another run took
+        over meanwhile is left out.
         """
-        self.ensure_one()
-        cr = self.env.cr
-        self.env.flush_all()
-        attempt = dict(self.env.context.get("ally_smtp_attempts", ())).get(self.id)
-        query = SQL(_LOAD, HEAD_CHUNK, self.id, attempt)
-        if filed.written < len(filed):
-            query = SQL("%s; %s", self._ally_smtp_finish_sql(filed), query)
-        cr.execute(query)
-        row = cr.fetchone()
-        if not row:  # taken over by another run meanwhile
-            return False
-        if (mode == "auto" or self.verify) and folder.has_message(self.message_id):
-            filed.append((self.id, "done" if self.verify else "skipped"))
-            return True
-        raw = self._ally_smtp_load(*row[1:])
-        date = (self.first_sent or fields.Datetime.now()).replace(tzinfo=timezone.utc)
-        folder.append(raw, date)
-        del raw
-        filed.append((self.id, "done"))
-        return True
+        attempts = dict(self.env.context.get("ally_smtp_attempts", ()))
+        self._ally_smtp_sql(
+            _LOAD, [HEAD_CHUNK, self.ids, [attempts.get(i) for i in self.ids]]
+        )
+        return {row[0]: row[1:] for row in self.env.cr.fetchall()}
+
+    def _ally_smtp_groups(self, loaded):
+        """These copies in the groups they are APPENDed in: each run of
+        messages read whole with the lock together, any other one alone."""
+        groups, group = [], self.browse()
+        for copy in self:
+            part_id, size, _head = loaded[copy.id]
+            if part_id is not None and size <= HEAD_CHUNK:
+                group |= copy
+                continue
+            groups += [group, copy] if group else [copy]
+            group = self.browse()
+        return groups + [group] if group else groups
+
+    def _ally_smtp_file(self, folder, mode, loaded, filed):
+        """APPEND these claimed, locked copies, in one command when there are
+        several; return those to add one at a time (the server refused them
+        together, which adds none of them).
+
+        The copies an earlier attempt may have filed (``verify``), or that the
+        provider may have filed itself (``auto``), are looked for first, all
+        at once. ``filed`` gets the ``(copy id, state)`` of each copy filed.
+        """
+        look = self.filtered(lambda c: mode == "auto" or c.verify)
+        found = folder.find(look.mapped("message_id")) if look else set()
+        messages = []
+        for copy in self:
+            if copy in look and copy.message_id in found:
+                filed.append((copy.id, "done" if copy.verify else "skipped"))
+                continue
+            date = copy.first_sent or fields.Datetime.now()
+            raw = copy._ally_smtp_load(*loaded[copy.id])
+            messages.append((copy, raw, date.replace(tzinfo=timezone.utc)))
+        if len(messages) == 1:
+            folder.append(*messages[0][1:])
+        elif messages and not folder.append_many([m[1:] for m in messages]):
+            return self.browse([m[0].id for m in messages])
+        filed.extend((m[0].id, "done") for m in messages)
+        return self.browse()
 
     @api.model
     def _ally_smtp_finish_sql(self, filed):
@@ -619,23 +661,27 @@ class AllySmtpSentCopy(models.Model):
             self._ally_smtp_sql(self._ally_smtp_finish_sql(filed))
 
     def _ally_smtp_failed(self, user, exc, host, port):
-        """Note why this copy (if any) was not filed: ``(kind, message)``."""
+        """Note why these copies (if any) were not filed: ``(kind, message)``.
+
+        Those of them marked filed meanwhile (found in the folder, or added
+        before the failure) stay so.
+        """
         env = user.with_context(lang=user.lang).env
         kind, message = errors.classify(
             env, exc, host, port, user.ally_smtp_email, protocol="imap"
         )
         _logger.info("ally_smtp: Sent copy for user %s delayed: %s", user.id, exc)
-        if self:
-            self.invalidate_recordset()
-            given_up = kind == errors.PERMANENT or self.attempts >= MAX_ATTEMPTS
+        self.invalidate_recordset()
+        for copy in self.filtered(lambda c: c.state == "filing"):
+            given_up = kind == errors.PERMANENT or copy.attempts >= MAX_ATTEMPTS
             if given_up:
                 _logger.warning(
                     "ally_smtp: Sent copy %s for user %s not filed: %s",
-                    self.message_id,
+                    copy.message_id,
                     user.id,
                     exc,
                 )
-            self.write(
+            copy.write(
                 {
                     "state": "failed" if given_up else "pending",
                     "last_error": message,

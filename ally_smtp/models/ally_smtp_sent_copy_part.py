@@ -184,7 +184,7 @@ class AllySmtpSentCopyPart(models.Model):
         cr.copy_expert(
             f"COPY ally_smtp_sent_copy_part ({COLUMNS}) FROM STDIN",
             _CopyRow(values, raw),
-            size=1 << 20,
+            size=1 << 18,
         )
         cr.execute("RELEASE SAVEPOINT ally_smtp_part")
 

@@ -2,13 +2,18 @@
 
 import collections
 import email
+import email.policy
 import email.utils
 import logging
+import smtplib
 from datetime import timedelta
+from email.message import EmailMessage
+from unittest import mock
 
 from odoo import fields
 from odoo.tests import new_test_user, tagged
 
+from ..lib import mailbox
 from .common import AllySmtpCase, Mailbox, free_port
 
 
@@ -424,3 +429,67 @@ class TestSending(AllySmtpCase):
         )
         queries(few)  # warm the caches that do not depend on the mails
         self.assertEqual(queries(few), queries(many))
+
+    def _sessions(self):
+        """smtplib's own session, then a personal one, to the same server."""
+        info, login = self.harness, "alice@agency.test"
+        host, port = info["smtp"]["host"], info["smtp"]["ports"]["ssl"]
+        context = mailbox.tls_context()
+        context.load_verify_locations(info["ca_file"])
+        for session_class in (smtplib.SMTP_SSL, mailbox.SMTP_SSL):
+            with session_class(host, port, context=context, timeout=10) as session:
+                session.login(login, info["mailboxes"][login])
+                yield session
+
+    def test_large_message_data_is_what_smtplib_sends(self):
+        """A large message's DATA goes in pieces: the server gets the same
+        bytes as from smtplib's own DATA (dot-stuffing, terminator)."""
+        lines = [b".starts with a dot", b"..two", b"plain line", b"", b"."]
+        raw = b"Subject: big\r\nMessage-Id: <big@agency.test>\r\n\r\n"
+        raw += b"\r\n".join(lines * 60000) + b"\r\n.end without a line break"
+        self.assertGreater(len(raw), 2 * mailbox.LARGE)
+        self.smtp.deliver(False)
+        self.addCleanup(self.smtp.deliver, True)
+        for session in self._sessions():
+            session.sendmail("alice@agency.test", ["student2@school.test"], raw)
+        stdlib, ours = (m["data"] for m in self.smtp.messages())
+        self.assertEqual(ours, stdlib)
+        self.assertTrue(stdlib.startswith(raw.decode()))
+
+    def test_large_attachment_is_sent_as_the_standard_library_makes_it(self):
+        """A large attachment is encoded and flattened in pieces: the same
+        bytes as the standard library's, on the wire and in the Sent copy,
+        and the message is left as it was."""
+        data = bytes(range(256)) * (12 * 1024) + b"odd end"  # 3 MB
+        message = EmailMessage(policy=email.policy.SMTP)
+        message["From"], message["To"] = "alice@agency.test", "student2@school.test"
+        message["Subject"], message["Message-Id"] = "big", "<big@agency.test>"
+        message.add_alternative("Hello\n.a dot", subtype="plain")
+        message.add_alternative("<p>Hello</p>", subtype="html")
+        message.add_attachment(data, "application", "pdf", filename="a.pdf")
+        message.add_attachment(
+            mailbox.Attachment(data), "application", "pdf", filename="b.pdf"
+        )
+        message.set_boundary("top")  # smtplib draws it again for each send
+        first, second = message.get_payload()[1:]
+        self.assertEqual(first.get_payload(), second.get_payload())
+        before = message.as_bytes()
+        self.smtp.deliver(False)
+        self.addCleanup(self.smtp.deliver, True)
+        for session in self._sessions():
+            session.send_message(message)
+        # flattened otherwise than expected: the standard library's way then
+        unexpected = mock.Mock(side_effect=mailbox._Unexpected)
+        with mock.patch.object(mailbox, "_with_bodies", unexpected):
+            for session in self._sessions():
+                if isinstance(session, mailbox.SMTP_SSL):
+                    session.send_message(message)
+        self.assertEqual(unexpected.call_count, 1)
+        stdlib, ours, usual = (m["data"] for m in self.smtp.messages())
+        self.assertEqual(ours, stdlib)
+        self.assertEqual(usual, stdlib)
+        self.assertEqual(session.ally_smtp_sent.decode(), ours)
+        self.assertEqual(message.as_bytes(), before)
+        received = email.message_from_string(ours, policy=email.policy.SMTP)
+        attachments = [p.get_content() for p in received.iter_attachments()]
+        self.assertEqual(attachments, [data, data])

@@ -1,5 +1,6 @@
 """One Sent copy per message, whatever happens while it is sent and filed."""
 
+import contextlib
 import email
 import email.utils
 import logging
@@ -159,7 +160,6 @@ class TestSentCopy(AllySmtpCase):
 
     # -- runs that do not finish ---------------------------------------------
     def test_run_cut_after_some_copies_files_nothing_twice(self):
-        real_append = mailbox.SentFolder.append
         for mode in ("always", "auto"):
             with self.subTest(mode=mode):
                 self.company.ally_smtp_sent_copy = mode
@@ -167,25 +167,27 @@ class TestSentCopy(AllySmtpCase):
                 mails = [self.queue(self.alice, f"cut {mode} {i}") for i in range(4)]
                 self.run_queue()
                 appended = []
-                append_then_die = self._dying_append(real_append, appended)
 
                 # (not assertRaises: Odoo's rolls back what the run wrote)
                 interrupted = False
-                with patch.object(mailbox.SentFolder, "append", append_then_die):
+                with self._dying_appends(appended):
                     try:
                         self.file_copies()
                     except KeyboardInterrupt:
                         interrupted = True
                 self.assertTrue(interrupted)
+                self.assertEqual(len(appended), 3)
                 ids = [m.message_id for m in mails]
                 copies = self.Copy.search([("message_id", "in", ids)], order="id")
+                # the first batch (one copy) was committed; the second (two,
+                # added in one command) died before its end
                 self.assertEqual(
-                    copies.mapped("state"), ["done", "done", "filing", "pending"]
+                    copies.mapped("state"), ["done", "filing", "filing", "pending"]
                 )
-                # the next run, once the interrupted copy's retry delay is over
+                # the next run, once the interrupted copies' retry delay is over
                 copies.next_try = fields.Datetime.now() - timedelta(seconds=1)
                 appended.clear()
-                with patch.object(mailbox.SentFolder, "append", append_then_die):
+                with self._dying_appends(appended):
                     self.file_copies()
                 self.assertEqual(len(appended), 1)  # only the copy never filed
                 self.assertEqual(set(copies.mapped("state")), {"done"})
@@ -195,17 +197,101 @@ class TestSentCopy(AllySmtpCase):
                     )
 
     @staticmethod
-    def _dying_append(real_append, appended):
-        """An APPEND that reaches the server, then the worker dies (3rd one)."""
+    @contextlib.contextmanager
+    def _dying_appends(appended):
+        """APPENDs that reach the server, then the worker dies (at the 3rd
+        message added, alone or with others in one command)."""
+        Folder = mailbox.SentFolder
+        real_append, real_many = Folder.append, Folder.append_many
+
+        def died():
+            if len(appended) >= 3:
+                raise KeyboardInterrupt
 
         def append(folder, raw, date_time):
             result = real_append(folder, raw, date_time)
             appended.append(raw)
-            if len(appended) == 3:
-                raise KeyboardInterrupt
+            died()
             return result
 
-        return append
+        def append_many(folder, messages):
+            result = real_many(folder, messages)
+            if result:
+                appended.extend(raw for raw, _date in messages)
+                died()
+            return result
+
+        with (
+            patch.object(Folder, "append", append),
+            patch.object(Folder, "append_many", append_many),
+        ):
+            yield
+
+    def test_small_copies_go_together_or_one_at_a_time(self):
+        """Several small copies are added in one command (MULTIAPPEND); when
+        the server refuses them together, each is added alone."""
+        self.company.ally_smtp_sent_copy = "always"
+        for refused in (False, True):
+            with self.subTest(refused=refused):
+                self.alice_box.purge()
+                mails = [self.queue(self.alice, f"together {i}") for i in range(5)]
+                self.run_queue()
+                commands = []
+                with patch.object(
+                    mailbox.IMAP4_SSL,
+                    "multiappend",
+                    self._counted_multiappend(commands, refused),
+                ):
+                    self.file_copies()
+                self.assertEqual(commands, [2, 2])  # claimed 1, then 2, then 2
+                for mail in mails:
+                    copy = self.copy_of(mail.message_id)
+                    self.assertEqual(copy.state, "done", copy.last_error)
+                    ((flags, filed),) = self.alice_box.find("Sent", mail.message_id)
+                    self.assertIn(b"\\Seen", flags)
+                    self.assertEqual(
+                        self.addresses(filed["To"]), ["student1@school.test"]
+                    )
+
+    def test_auto_looks_for_a_batch_at_once_and_adds_the_others(self):
+        """'auto': the copies the provider filed itself are found with one
+        SEARCH per batch and skipped; the others are added, each once."""
+        self.company.ally_smtp_sent_copy = "auto"
+        mails = [self.queue(self.alice, f"auto {i}") for i in range(5)]
+        self.run_queue()
+        provider = {mails[1].message_id, mails[4].message_id}  # filed by it
+        with self.alice_box.connect() as imap:
+            for sent in self.smtp.messages():
+                if sent["message_id"] in provider:
+                    raw = sent["data"].encode("utf-8", "surrogateescape")
+                    imap.append("Sent", r"(\Seen)", None, raw)
+        searches = []
+        real = mailbox.SentFolder.find
+
+        def find(folder, message_ids):
+            searches.append(len(message_ids))
+            return real(folder, message_ids)
+
+        with patch.object(mailbox.SentFolder, "find", find):
+            self.file_copies()
+        self.assertEqual(searches, [1, 2, 2])  # claimed 1, then 2, then 2
+        for mail in mails:
+            copy = self.copy_of(mail.message_id)
+            state = "skipped" if mail.message_id in provider else "done"
+            self.assertEqual(copy.state, state, copy.last_error)
+            self.assertEqual(len(self.alice_box.find("Sent", mail.message_id)), 1)
+
+    @staticmethod
+    def _counted_multiappend(commands, refused):
+        real = mailbox.IMAP4_SSL.multiappend
+
+        def multiappend(imap, folder, flags, messages):
+            commands.append(len(messages))
+            if refused:  # as a server that takes no such message
+                return "NO", [b"[LIMIT] Message too large"]
+            return real(imap, folder, flags, messages)
+
+        return multiappend
 
     def test_run_stops_at_its_time_budget_and_reports_what_is_left(self):
         for i in range(3):
