@@ -83,5 +83,6 @@ def _redirect_uri(user):
 
 def _result(connected, message):
     return request.render(
-        "ally_smtp.oauth_result", {"connected": connected, "message": message}
+        "ally_smtp.oauth_result",
+        {"connected": connected, "message": message, "user_id": request.env.uid},
     )

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from unittest.mock import patch
 
@@ -223,6 +224,11 @@ class TestTours(AllySmtpMixin, HttpCase):
                     lang,
                     {"email": mailbox},
                     "preferences_oauth_connected",
+                )
+                # the result page's "Back to My Profile" opens the preferences
+                link = re.search(r'href="(/odoo/action-[^"]+)"', page.text).group(1)
+                self.tour(
+                    link, "ally_smtp_my_profile_link", dave, lang, {"email": mailbox}
                 )
 
     def test_callback_of_another_user_is_refused(self):

@@ -285,3 +285,11 @@ registry.category("web_tour.tours").add("ally_smtp_preferences_oauth_connected",
         showOnScreen(".modal [name=ally_smtp_oauth_account]"),
     ],
 });
+
+// The "Back to My Profile" link of the page the sign-in comes back to.
+registry.category("web_tour.tours").add("ally_smtp_my_profile_link", {
+    steps: () => [
+        expectValue(".o_form_view [name=ally_smtp_oauth_account]", "email"),
+        expectText(".o_form_view [name=ally_smtp_state]", "working"),
+    ],
+});
