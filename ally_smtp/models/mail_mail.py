@@ -291,7 +291,7 @@ class MailMail(models.Model):
                 mail.mail_server_id = named = False
             if not own or (named and named != server):
                 continue
-            if user._ally_smtp_blocked() and user.company_id.ally_smtp_fallback:
+            if user.company_id.ally_smtp_fallback and user._ally_smtp_blocked():
                 mail._ally_smtp_note_fallback(user)
                 continue
             result[mail.id] = server
