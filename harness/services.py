@@ -41,8 +41,38 @@ MAILBOX_SETTINGS = {
 }
 
 
+_handed_out = set()
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    with socket.socket() as s:
+    """A loopback port nothing listens on, for a server started later.
+
+    Drawn below the kernel's ephemeral range: a port that ``bind(0)`` hands
+    out comes from the range outgoing connections draw from too, and one of
+    them could take it before the server binds it ("address already in use",
+    seen in a bench run).
+    """
+    low = _ephemeral_low()
+    for _attempt in range(200):
+        port = 10000 + secrets.randbelow(max(low - 10000, 1000))
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # nothing free below the range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

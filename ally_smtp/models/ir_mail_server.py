@@ -29,11 +29,22 @@ def granted(server):
     """
     key = (server.env.cr.dbname, server.id)
     grants = _GRANTS.__dict__.setdefault("keys", set())
+    batches = _GRANTS.__dict__.setdefault("batches", set())
     grants.add(key)
+    batches.add(key)
     try:
         yield
     finally:
         grants.discard(key)
+        batches.discard(key)
+
+
+def sending_batch_of(server):
+    """Whether this thread is sending a batch that routing gave the personal
+    ``server`` (inside its ``granted()`` block): known without reading the
+    server, which every mail would otherwise do again after each commit."""
+    batches = _GRANTS.__dict__.get("batches", ())
+    return bool(server) and (server.env.cr.dbname, server.id) in batches
 
 
 def _take_grant(server):

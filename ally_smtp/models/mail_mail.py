@@ -6,7 +6,7 @@ from odoo import fields, models, tools
 
 from ..lib import errors, mailbox, pacing
 from .ally_smtp_sent_copy_part import SENDING
-from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted
+from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted, sending_batch_of
 
 _logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class MailMail(models.Model):
         with a third less memory at its peak.
         """
         emails = super()._prepare_outgoing_list(mail_server=mail_server, **kwargs)
-        if not (mail_server and mail_server.sudo().ally_smtp_owner_id):
+        if not sending_batch_of(mail_server):
             return emails
         for email in emails:
             if email.get("attachments"):

@@ -404,6 +404,29 @@ class TestSentCopy(AllySmtpCase):
         parts = self.env["ally.smtp.sent.copy.part"].search_count([])
         self.assertEqual(parts, 2 + 5 + 10 + 15)  # every personal mail has one
 
+    def test_mail_of_other_servers_reads_no_server(self):
+        """Mail of the agency's server costs what it costs without the addon:
+        after each commit of a queue run the cache is empty, and the addon
+        reads no mail server to tell a personal batch from another."""
+        server = self.agency_server()
+        mail = self.queue(self.alice, "agency")
+        mail.mail_server_id = False
+        self.env.flush_all()
+
+        def queries(mail_server):
+            self.env.invalidate_all()
+            before = self.env.cr.sql_log_count
+            mail._prepare_outgoing_list(mail_server=mail_server)
+            return self.env.cr.sql_log_count - before
+
+        queries(False)  # warm the caches that do not depend on the mail
+        self.assertEqual(queries(server), queries(False))
+        personal = self.env["ir.mail_server"].search(
+            [("ally_smtp_owner_id", "=", self.alice.id)]
+        )
+        self.assertTrue(personal)  # outside a routed batch: not sent through it
+        self.assertEqual(queries(personal), queries(False))
+
 
 @tagged("post_install", "-at_install")
 class TestFilingRunsAtOnce(TransactionCase):
