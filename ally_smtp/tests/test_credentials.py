@@ -153,10 +153,13 @@ class TestCredentials(AllySmtpCase):
         self._assert_test_fails("no Sent folder", user=cpanel)
 
     def test_imap_failures_get_imap_advice(self):
-        self.company.ally_smtp_imap_port = free_port()
+        port = free_port()
+        self.company.ally_smtp_imap_port = port
         message = self._assert_test_fails("IMAP", "993")
-        self.assertNotIn("465", message)
-        self.assertNotIn("587", message)
+        # the advice, without the dead port's number (58779 holds "587")
+        advice = message.replace(str(port), "")
+        self.assertNotIn("465", advice)
+        self.assertNotIn("587", advice)
 
     def test_without_imap_server_no_copy_is_promised(self):
         self.company.ally_smtp_imap_host = False
