@@ -33,20 +33,21 @@ def info():
     return servers.harness()
 
 
-@pytest.fixture
-def oauth(info):
-    client = servers.OAuthServer(info)
+def _reset_around(client):
+    """``client`` on a server reset before the test and after it."""
     client.reset()
     yield client
     client.reset()
+
+
+@pytest.fixture
+def oauth(info):
+    yield from _reset_around(servers.OAuthServer(info))
 
 
 @pytest.fixture
 def smtp(info):
-    client = servers.SmtpServer(info)
-    client.reset()
-    yield client
-    client.reset()
+    yield from _reset_around(servers.SmtpServer(info))
 
 
 def query(location):

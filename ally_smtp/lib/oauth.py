@@ -74,12 +74,13 @@ class Unreachable(Exception):
     """The provider did not answer, or answered 5xx: try again later."""
 
 
-def param(env, provider):
+def param(provider):
+    """The system parameter that moves ``provider``'s endpoints (README)."""
     return f"ally_smtp.oauth_{provider}_base_url"
 
 
 def base_url(env, provider):
-    moved = env["ir.config_parameter"].sudo().get_param(param(env, provider))
+    moved = env["ir.config_parameter"].sudo().get_param(param(provider))
     return (moved or "").rstrip("/") or None
 
 

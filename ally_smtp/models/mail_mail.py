@@ -268,7 +268,7 @@ class MailMail(models.Model):
         if not servers:
             return {}
         by_user = {server.ally_smtp_owner_id: server for server in servers}
-        result = {}
+        result, blocked = {}, {}
         for mail in self.sudo():
             user = mail.mail_message_id.create_uid
             server = by_user.get(user)
@@ -291,13 +291,16 @@ class MailMail(models.Model):
                 mail.mail_server_id = named = False
             if not own or (named and named != server):
                 continue
-            if user.company_id.ally_smtp_fallback and user._ally_smtp_blocked():
-                mail._ally_smtp_note_fallback(user)
-                continue
+            if user.company_id.ally_smtp_fallback:
+                if user not in blocked:  # asked once per user (a token lookup)
+                    blocked[user] = user._ally_smtp_blocked()
+                if blocked[user]:
+                    mail._ally_smtp_note_fallback(user, blocked[user])
+                    continue
             result[mail.id] = server
         return result
 
-    def _ally_smtp_note_fallback(self, user):
+    def _ally_smtp_note_fallback(self, user, reason):
         message = self.mail_message_id
         if not (message.model and message.res_id):
             return
@@ -309,7 +312,7 @@ class MailMail(models.Model):
                     "%(name)s cannot be used now (%(reason)s).",
                     address=user.ally_smtp_email,
                     name=user.name,
-                    reason=user._ally_smtp_blocked(),
+                    reason=reason,
                 )
             )
 

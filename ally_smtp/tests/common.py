@@ -2,9 +2,10 @@
 
 import contextlib
 import uuid
+from datetime import timedelta
 from unittest.mock import patch
 
-from odoo import Command, modules
+from odoo import Command, fields, modules
 from odoo.tests import TransactionCase, new_test_user
 
 from ..lib import mailbox
@@ -146,6 +147,15 @@ class AllySmtpMixin:
     def run_queue(self):
         with self.live():
             self.env["mail.mail"].process_email_queue()
+
+    def retry_now(self, *mails):
+        """Make ``mails`` due, as the end of their retry delay does, run the
+        queue and read them again."""
+        for mail in mails:
+            mail.scheduled_date = fields.Datetime.now() - timedelta(seconds=1)
+        self.run_queue()
+        for mail in mails:
+            mail.invalidate_recordset()
 
     @contextlib.contextmanager
     def live(self):

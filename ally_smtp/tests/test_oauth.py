@@ -36,7 +36,7 @@ class OAuthCase(AllySmtpCase):
         cls.oauth = OAuthServer(cls.harness)
         app = cls.harness["oauth"][cls.profile]
         params = cls.env["ir.config_parameter"].sudo()
-        params.set_param(oauth.param(cls.env, cls.profile), app["base_url"])
+        params.set_param(oauth.param(cls.profile), app["base_url"])
         params.set_param("web.base.url", "http://localhost:8069")
         cls.company.write(
             {
@@ -204,8 +204,7 @@ class TestGoogle(OAuthCase):
         calls = self.token_calls()
         logins = len(self.smtp.auth_attempts("alice@agency.test"))
         # nothing asks the provider or the mailbox again until a reconnect
-        mail.scheduled_date = fields.Datetime.now()
-        self.run_queue()
+        self.retry_now(mail)
         with self.assertRaises(UserError):
             self.alice.with_user(self.alice).action_ally_smtp_test()
         self.assertEqual(self.token_calls(), calls)
@@ -225,9 +224,7 @@ class TestGoogle(OAuthCase):
         self.assertEqual(mail.state, "outgoing")
         self.assertEqual(mail.ally_smtp_attempts, 1)
         self.assertEqual(self.alice.ally_smtp_state, "ok")
-        mail.scheduled_date = fields.Datetime.now()
-        self.run_queue()
-        mail.invalidate_recordset()
+        self.retry_now(mail)
         self.assertEqual(mail.state, "sent", mail.failure_reason)
 
     def test_temporary_refusal_of_the_mailbox_is_retried(self):
@@ -245,10 +242,30 @@ class TestGoogle(OAuthCase):
         self.assertEqual(self.alice.ally_smtp_state, "ok")
         self.assertEqual(self.token_calls(), 0)
         self.assertFalse(self.token(self.alice).broken)
-        mail.scheduled_date = fields.Datetime.now()
-        self.run_queue()
-        mail.invalidate_recordset()
+        self.retry_now(mail)
         self.assertEqual(mail.state, "sent", mail.failure_reason)
+
+    def test_fallback_asks_once_per_user_whether_the_mailbox_is_blocked(self):
+        """With the fallback on, routing asks whether a sign-in is usable (a
+        token lookup) once per user, not once per mail."""
+        self.connect(self.alice)
+        self.company.ally_smtp_fallback = True
+
+        def queries(mails):
+            self.env.invalidate_all()
+            before = self.env.cr.sql_log_count
+            routed = list(mails._split_by_mail_configuration())
+            self.assertEqual(sum(len(batch[3]) for batch in routed), len(mails))
+            return self.env.cr.sql_log_count - before
+
+        few = self.env["mail.mail"].concat(
+            *(self.queue(self.alice, f"few {i}") for i in range(2))
+        )
+        many = self.env["mail.mail"].concat(
+            *(self.queue(self.alice, f"many {i}") for i in range(12))
+        )
+        queries(few)  # warm the caches that do not depend on the mails
+        self.assertEqual(queries(few), queries(many))
 
     def test_refused_client_is_an_admin_problem(self):
         self.connect(self.alice)
@@ -267,8 +284,7 @@ class TestGoogle(OAuthCase):
         self.assertIn("administrator", self.company.ally_smtp_oauth_refused)
         self.assertNotEqual(self.alice.ally_smtp_state, "reconnect")
         calls = self.oauth.stats()["google"]["token"].get("refresh_token", 0)
-        mail.scheduled_date = fields.Datetime.now()
-        self.run_queue()  # paused for the company: no further calls
+        self.retry_now(mail)  # paused for the company: no further calls
         self.assertEqual(
             self.oauth.stats()["google"]["token"].get("refresh_token", 0), calls
         )
@@ -305,10 +321,10 @@ class TestGoogle(OAuthCase):
 
     def test_endpoints_are_https_or_loopback(self):
         params = self.env["ir.config_parameter"].sudo()
-        params.set_param(oauth.param(self.env, "google"), "http://auth.example.com")
+        params.set_param(oauth.param("google"), "http://auth.example.com")
         with self.assertRaises(ValueError):
             oauth.endpoint(self.env, "google", "/token")
-        params.set_param(oauth.param(self.env, "google"), False)
+        params.set_param(oauth.param("google"), False)
         self.assertEqual(
             oauth.endpoint(self.env, "google", "/token"),
             "https://oauth2.googleapis.com/token",

@@ -246,8 +246,7 @@ class TestSending(AllySmtpCase):
         self.assertIn("451", mail.failure_reason)
         self.run_queue()  # not due yet
         self.assertEqual(self.smtp.messages(), [])
-        mail.scheduled_date = fields.Datetime.now() - timedelta(seconds=1)
-        self.run_queue()
+        self.retry_now(mail)
         self.assertEqual(mail.state, "sent", mail.failure_reason)
         self.assertEqual(len(self.smtp.messages()), 1)
 
@@ -270,8 +269,7 @@ class TestSending(AllySmtpCase):
         return mail, set(students.mapped("email"))
 
     def retry_and_count(self, mail, addresses):
-        mail.scheduled_date = fields.Datetime.now() - timedelta(seconds=1)
-        self.run_queue()
+        self.retry_now(mail)
         self.assertEqual(mail.state, "sent", mail.failure_reason)
         received = collections.Counter(
             rcpt for sent in self.smtp.messages() for rcpt in sent["rcpt_tos"]
@@ -329,9 +327,7 @@ class TestSending(AllySmtpCase):
         self.smtp.fail("RCPT", "drop", times=1)
         self.run_queue()
         self.assertEqual({m.state for m in mails}, {"outgoing"})
-        for mail in mails:
-            mail.scheduled_date = fields.Datetime.now() - timedelta(seconds=1)
-        self.run_queue()
+        self.retry_now(*mails)
         self.assertEqual({m.state for m in mails}, {"sent"})
         ids = [m["message_id"] for m in self.smtp.messages()]
         self.assertEqual(len(ids), 3)
