@@ -186,9 +186,16 @@ def test_queue_and_send_now_at_once_reach_everyone_once(world, capsys):
                 admin("mail.mail", method, *args)
             except xmlrpc.client.Fault as fault:
                 # Odoo returns nothing (XML-RPC has no None); a mail sent
-                # meanwhile is gone (auto_delete)
-                if "cannot marshal None" not in fault.faultString and (
-                    "does not exist or has been deleted" not in fault.faultString
+                # meanwhile is gone (auto_delete); and Odoo's own
+                # process_email_queue logs and swallows the concurrent update
+                # its send lost to the cron, so its aborted transaction fails
+                # when the call ends (the server log allows the same)
+                lost = method == "process_email_queue" and (
+                    "current transaction is aborted" in fault.faultString
+                )
+                if not lost and (
+                    "cannot marshal None" not in fault.faultString
+                    and "does not exist or has been deleted" not in fault.faultString
                 ):
                     faults.append(fault.faultString)
 
