@@ -1,7 +1,6 @@
 import email.utils
 import logging
 import re
-import threading
 import time
 import zlib
 from collections import defaultdict
@@ -13,7 +12,7 @@ from odoo import _, api, fields, models, modules
 from odoo.tools import SQL, config
 
 from ..lib import errors, mailbox
-from .ally_smtp_sent_copy_part import WAKE_EVERY
+from .ally_smtp_sent_copy_part import WAKE_EVERY, _testing
 
 _logger = logging.getLogger(__name__)
 
@@ -60,11 +59,6 @@ _WAITING = f"""
 def _condition(condition):
     now = fields.Datetime.now()
     return SQL(condition, now=now, bound=now - WAIT_FOR_CHUNKS)
-
-
-def _testing():
-    """Tests run in one transaction that must not be committed."""
-    return getattr(threading.current_thread(), "testing", False)
 
 
 def _merge(values):
@@ -235,7 +229,7 @@ class AllySmtpSentCopy(models.Model):
                 SELECT p.user_id, p.message_id, min(p.subject), min(p.sent_at),
                        'pending', 0, %(now)s, false, %(uid)s, %(now)s, %(uid)s, %(now)s
                   FROM ally_smtp_sent_copy_part p
-                 WHERE p.copy_id IS NULL
+                 WHERE p.copy_id IS NULL AND p.reached_only IS NOT TRUE
                    AND NOT EXISTS (
                         SELECT 1 FROM ally_smtp_sent_copy c
                          WHERE c.user_id = p.user_id AND c.message_id = p.message_id)
@@ -249,7 +243,7 @@ class AllySmtpSentCopy(models.Model):
                 UPDATE ally_smtp_sent_copy_part p
                    SET copy_id = c.id
                   FROM ally_smtp_sent_copy c
-                 WHERE p.copy_id IS NULL
+                 WHERE p.copy_id IS NULL AND p.reached_only IS NOT TRUE
                    AND c.user_id = p.user_id AND c.message_id = p.message_id
              RETURNING c.id, c.state
                 """
@@ -300,6 +294,7 @@ class AllySmtpSentCopy(models.Model):
             """UPDATE ally_smtp_sent_copy_part p SET copy_id = c.id
                  FROM ally_smtp_sent_copy c
                 WHERE c.id = ANY(%s) AND p.copy_id IS NULL
+                  AND p.reached_only IS NOT TRUE
                   AND p.user_id = c.user_id AND p.message_id = c.message_id""",
             [self.ids],
         )
@@ -618,7 +613,7 @@ class AllySmtpSentCopy(models.Model):
 
     @api.model
     def _ally_smtp_finish_sql(self, filed):
-        """Mark what ``filed`` did not write yet as filed; drop their parts."""
+        """Mark what ``filed`` did not write yet as filed; drop their bytes."""
         now = fields.Datetime.now()
         todo, filed.written = filed[filed.written :], len(filed)
         queries = []
@@ -638,15 +633,12 @@ class AllySmtpSentCopy(models.Model):
                     )
                 )
         ids = [copy_id for copy_id, _s in todo]
-        # a mail still queued for a retry keeps its parts: whom it reached
+        # the bytes go; whom each part reached stays for later attempts of
+        # its mail (``Ledger``), until ``_gc_reached``
         queries.append(
             SQL(
-                """DELETE FROM ally_smtp_sent_copy_part part
-                    WHERE part.copy_id = ANY(%s)
-                      AND NOT EXISTS (
-                          SELECT 1 FROM mail_mail mail
-                           WHERE mail.id = part.mail_id AND mail.state = 'outgoing'
-                      )""",
+                """UPDATE ally_smtp_sent_copy_part SET raw = NULL
+                    WHERE copy_id = ANY(%s) AND raw IS NOT NULL""",
                 ids,
             )
         )

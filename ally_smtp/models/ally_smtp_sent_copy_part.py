@@ -2,7 +2,10 @@ import binascii
 import functools
 import io
 import logging
+import threading
 import time
+import zlib
+from datetime import timedelta
 
 from psycopg2.extensions import TRANSACTION_STATUS_INERROR
 
@@ -13,17 +16,23 @@ _logger = logging.getLogger(__name__)
 # above this size the message is streamed to the database (COPY) instead of
 # being passed as one query parameter, which psycopg2 escapes into 4-8 copies
 LARGE = 512 * 1024
-# postcommit key: the mail.mail whose SMTP transactions are being sent
-SENDING = "ally_smtp.sending"
+# pg_try_advisory_lock(SENDING_LOCK, mail id), held by the ledger's connection
+# while a worker sends that mail: no other worker sends it at the same time
+SENDING_LOCK = zlib.crc32(b"ally_smtp.sending") & 0x7FFFFFFF
+# how long whom a mail reached is kept after it was sent: longer than any
+# transaction that may still hold the mail as queued in its snapshot
+KEEP_REACHED = timedelta(days=2)
 # a process wakes the filing cron at most this often (seconds); the cron looks
 # again after each run that found work, for what was sent in between
 WAKE_EVERY = 10
 _woken = {}  # database name -> time.monotonic() of this process's last wake-up
-COLUMNS = "user_id, mail_id, message_id, subject, recipients, cc, sent_at, raw"
+COLUMNS = (
+    "user_id, mail_id, message_id, subject, recipients, cc, sent_at, reached_only, raw"
+)
 _INSERT = f"""
     SAVEPOINT ally_smtp_part;
     INSERT INTO ally_smtp_sent_copy_part ({COLUMNS})
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s);
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s);
     RELEASE SAVEPOINT ally_smtp_part
 """
 
@@ -66,13 +75,127 @@ class _CopyRow(io.RawIOBase):
         return count
 
 
+def _testing():
+    """Tests run in one transaction that must not be committed."""
+    return getattr(threading.current_thread(), "testing", False)
+
+
+class Ledger:
+    """Whom the mails of one personal batch reached, kept as it happens.
+
+    Each SMTP transaction the provider accepted is written at once on a
+    cursor of its own and committed (``record``): a worker that dies, or a
+    send transaction that Odoo rolls back after sending (a concurrent
+    update), loses at most the one transaction in flight. ``claim`` takes
+    the batch's mails for this worker: a mail another worker sends now, or
+    sent already, is left alone; for the others it reads whom they reached.
+    The commits do not wait for the disk (``synchronous_commit``): what they
+    protect against is the death of a worker, not of PostgreSQL.
+
+    In tests everything runs on the test's own cursor, never committed.
+    """
+
+    def __init__(self, env, own=None):
+        self.own = not _testing() if own is None else own
+        self.cr = env.registry.cursor() if self.own else env.cr
+        self.reached = {}  # mail id -> addresses (normalized) it reached
+        self.stored = set()  # (user id, Message-ID) whose bytes are kept
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.own:
+            try:
+                self.cr.rollback()
+                self.cr.execute("SELECT pg_advisory_unlock_all()")
+            finally:
+                self.cr.close()
+
+    def claim(self, mail_ids):
+        """The ids of ``mail_ids`` this worker sends now, in order.
+
+        A mail is skipped when another worker holds its lock, or when its
+        committed state says it is no longer queued (sent or failed by
+        another worker since this one read it). A mail not committed yet
+        (created in this transaction) is this worker's own.
+        """
+        cr = self.cr
+        cr.execute(
+            "SELECT id FROM unnest(%s::int[]) AS id WHERE pg_try_advisory_lock(%s, id)",
+            [list(mail_ids), SENDING_LOCK],
+        )
+        locked = {row[0] for row in cr.fetchall()}
+        if self.own:  # read after the locks were taken: a fresh snapshot
+            cr.commit()
+        cr.execute(
+            "SELECT id FROM mail_mail WHERE id = ANY(%s) AND state != 'outgoing'",
+            [list(locked)],
+        )
+        done = {row[0] for row in cr.fetchall()}
+        claimed = [mail_id for mail_id in mail_ids if mail_id in locked - done]
+        cr.execute(
+            "SELECT mail_id, recipients, cc FROM ally_smtp_sent_copy_part "
+            "WHERE mail_id = ANY(%s)",
+            [claimed],
+        )
+        for mail_id, *values in cr.fetchall():
+            self.reached.setdefault(mail_id, set()).update(
+                address
+                for value in values
+                for address in tools.email_normalize_all(value or "")
+            )
+        if self.own:
+            cr.commit()
+        skipped = len(mail_ids) - len(claimed)
+        if skipped:
+            _logger.info(
+                "ally_smtp: %s mails left to the worker that sends or sent them",
+                skipped,
+            )
+        return claimed
+
+    def record(self, values, raw):
+        """Keep one accepted SMTP transaction: ``values`` of ``COLUMNS`` but
+        the last, and the bytes sent (or None)."""
+        cr = self.cr
+        if self.own:
+            cr.execute("SET LOCAL synchronous_commit TO OFF")
+        if raw is None or len(raw) < LARGE:
+            cr.execute(_INSERT, [*values, raw])
+        else:
+            cr.execute("SAVEPOINT ally_smtp_part")
+            cr.copy_expert(
+                f"COPY ally_smtp_sent_copy_part ({COLUMNS}) FROM STDIN",
+                _CopyRow(values, raw),
+                size=1 << 18,
+            )
+            cr.execute("RELEASE SAVEPOINT ally_smtp_part")
+        if self.own:
+            cr.commit()
+
+    def forget(self):
+        """Undo a failed ``record`` so that the ledger (and, in tests, the
+        send transaction) goes on."""
+        cr = self.cr
+        if self.own:
+            cr.rollback()
+        elif cr.connection.get_transaction_status() == TRANSACTION_STATUS_INERROR:
+            cr.execute(
+                "ROLLBACK TO SAVEPOINT ally_smtp_part; RELEASE SAVEPOINT ally_smtp_part"
+            )
+
+
 class AllySmtpSentCopyPart(models.Model):
     """What one SMTP transaction of a personal mailbox delivered.
 
-    The send path only ever INSERTs these rows: a row that no other chunk,
-    worker or the filing cron writes at the same time cannot conflict, so the
-    bookkeeping never rolls back (and so never repeats) a send. The filing cron
-    gathers the parts of one message into one ``ally.smtp.sent.copy``.
+    The send path only ever INSERTs these rows, through the batch's
+    ``Ledger``, committed as soon as the provider accepted the transaction:
+    they tell every later attempt of the mail whom it reached, whatever
+    became of the send transaction. The filing cron gathers the parts of one
+    message into one ``ally.smtp.sent.copy`` (all but the ``reached_only``
+    ones), and drops their bytes once filed; the rows themselves are kept
+    ``KEEP_REACHED``.
     """
 
     _name = "ally.smtp.sent.copy.part"
@@ -92,6 +215,8 @@ class AllySmtpSentCopyPart(models.Model):
     recipients = fields.Text("To")
     cc = fields.Text()
     sent_at = fields.Datetime(required=True)
+    # kept only as the record of whom the mail reached (no Sent copy wanted)
+    reached_only = fields.Boolean()
     # ``raw bytea`` (the bytes sent, on the first part of a message in each
     # transaction) is a column but not a field: it is written and read in
     # pieces with SQL, never loaded whole through the ORM or as base64.
@@ -102,100 +227,83 @@ class AllySmtpSentCopyPart(models.Model):
             tools.sql.create_column(cr, self._table, "raw", "bytea")
         tools.sql.create_index(
             cr,
-            "ally_smtp_sent_copy_part_uncollected_index",
+            "ally_smtp_sent_copy_part_to_collect_index",
             self._table,
             ["user_id", "message_id"],
-            where="copy_id IS NULL",
+            where="copy_id IS NULL AND reached_only IS NOT TRUE",
         )
 
     @api.model
     def _ally_smtp_record(self, session, message):
-        """Keep what the personal ``session`` just sent, for the Sent folder.
+        """Keep whom the personal ``session`` just reached, and for the Sent
+        folder what it sent.
 
-        Runs in the send transaction once the server accepted the message, as
-        one statement in a savepoint: if it fails anyway, the failure is logged
-        and the mail stays sent (its copy is missing, it is never re-sent).
+        Runs once the server accepted the message, on the batch's ledger
+        (committed at once, outside the send transaction). If it fails
+        anyway, the failure is logged and the mail stays sent: its copy is
+        missing and a later attempt may send it again to these recipients.
         """
         raw = getattr(session, "ally_smtp_sent", None)
         message_id = (message["Message-Id"] or "").strip()
+        batch = getattr(session, "ally_smtp_batch", None)
+        ledger = batch and batch.ledger or Ledger(self.env, own=False)
         try:
             session.ally_smtp_sent = None
-            user_id = self._ally_smtp_copy_owner(session)
-            if not user_id or raw is None:
-                return
-            stored = self.env.cr.postcommit.data.setdefault("ally_smtp.raw", set())
-            key = (user_id, message_id)
+            user = session.ally_smtp_owner
+            wanted = self._ally_smtp_copy_wanted(session)
+            key = (user.id, message_id)
             values = [
-                user_id,
-                self.env.cr.postcommit.data.get(SENDING),
+                user.id,
+                batch and batch.mail_id,
                 message_id,
                 str(message["Subject"] or ""),
                 str(message["To"] or ""),
                 str(message["Cc"] or ""),
                 fields.Datetime.now(),
+                not wanted,
             ]
-            self._ally_smtp_insert(values, None if key in stored else raw)
-            stored.add(key)
+            keep = wanted and raw is not None and key not in ledger.stored
+            ledger.record(values, raw if keep else None)
+            if keep:
+                ledger.stored.add(key)
         except Exception:
-            self._ally_smtp_forget_insert()
+            ledger.forget()
             _logger.exception(
-                "ally_smtp: no Sent folder copy of %s; the mail was sent", message_id
+                "ally_smtp: whom %s reached was not recorded; the mail was sent",
+                message_id,
             )
             return
-        self._ally_smtp_wake()
+        if wanted:
+            self._ally_smtp_wake()
 
     @api.model
-    def _ally_smtp_reached(self, mail_id):
-        """The addresses (normalized) that the mail ``mail_id`` reached."""
-        self.env.cr.execute(
-            "SELECT recipients, cc FROM ally_smtp_sent_copy_part WHERE mail_id = %s",
-            [mail_id],
-        )
-        return {
-            address
-            for row in self.env.cr.fetchall()
-            for value in row
-            for address in tools.email_normalize_all(value or "")
-        }
-
-    @api.model
-    def _ally_smtp_copy_owner(self, session):
-        """The user whose Sent folder gets copies of this session's mail, or 0.
+    def _ally_smtp_copy_wanted(self, session):
+        """Whether this session's mail gets a copy in its owner's Sent folder.
 
         Read once per SMTP session, i.e. once per user and queue run.
         """
-        owner = getattr(session, "ally_smtp_copy_owner", None)
-        if owner is None:
-            user = session.ally_smtp_owner
-            company = user.company_id
+        wanted = getattr(session, "ally_smtp_copy_wanted", None)
+        if wanted is None:
+            company = session.ally_smtp_owner.company_id
             wanted = company.ally_smtp_sent_copy != "never" and bool(
                 company.ally_smtp_imap_host
             )
-            owner = session.ally_smtp_copy_owner = user.id if wanted else 0
-        return owner
+            session.ally_smtp_copy_wanted = wanted
+        return wanted
 
-    @api.model
-    def _ally_smtp_insert(self, values, raw):
-        cr = self.env.cr
-        if raw is None or len(raw) < LARGE:
-            cr.execute(_INSERT, [*values, raw])
-            return
-        cr.execute("SAVEPOINT ally_smtp_part")
-        cr.copy_expert(
-            f"COPY ally_smtp_sent_copy_part ({COLUMNS}) FROM STDIN",
-            _CopyRow(values, raw),
-            size=1 << 18,
+    @api.autovacuum
+    def _gc_reached(self):
+        """Forget whom mails reached once they are long sent (or gone)."""
+        self.env.cr.execute(
+            """DELETE FROM ally_smtp_sent_copy_part part
+                WHERE part.sent_at < %s
+                  AND (part.reached_only OR part.copy_id IS NOT NULL)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM mail_mail mail
+                       WHERE mail.id = part.mail_id
+                         AND mail.state IN ('outgoing', 'exception'))""",
+            [fields.Datetime.now() - KEEP_REACHED],
         )
-        cr.execute("RELEASE SAVEPOINT ally_smtp_part")
-
-    @api.model
-    def _ally_smtp_forget_insert(self):
-        """Undo a failed insert so that the send transaction goes on."""
-        cr = self.env.cr
-        if cr.connection.get_transaction_status() == TRANSACTION_STATUS_INERROR:
-            cr.execute(
-                "ROLLBACK TO SAVEPOINT ally_smtp_part; RELEASE SAVEPOINT ally_smtp_part"
-            )
 
     @api.model
     def _ally_smtp_wake(self):

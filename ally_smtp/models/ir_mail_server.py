@@ -15,8 +15,25 @@ _logger = logging.getLogger(__name__)
 
 
 FAILURES = "ally_smtp.failures"
-# (database, server id) pairs that mail.mail routing opened for this thread
+# (database, server id) -> the _Batch that mail.mail routing opened for this
+# thread, in granted(); its login grant is taken once by connect()
 _GRANTS = threading.local()
+
+
+class _Batch:
+    """One batch of a personal mailbox, from routing to its last send.
+
+    ``ledger`` (an ``ally_smtp_sent_copy_part.Ledger``) is open while
+    ``mail.mail._send`` sends the batch: whom each mail reached, kept outside
+    the send transaction. ``mail_id`` is the mail being sent now.
+    """
+
+    __slots__ = ("granted", "ledger", "mail_id")
+
+    def __init__(self):
+        self.granted = True
+        self.ledger = None
+        self.mail_id = None
 
 
 @contextlib.contextmanager
@@ -28,32 +45,30 @@ def granted(server):
     future Odoo entry point) finds no grant and is refused before any login.
     """
     key = (server.env.cr.dbname, server.id)
-    grants = _GRANTS.__dict__.setdefault("keys", set())
-    batches = _GRANTS.__dict__.setdefault("batches", set())
-    grants.add(key)
-    batches.add(key)
+    batches = _GRANTS.__dict__.setdefault("batches", {})
+    batches[key] = _Batch()
     try:
         yield
     finally:
-        grants.discard(key)
-        batches.discard(key)
+        batches.pop(key, None)
 
 
 def sending_batch_of(server):
-    """Whether this thread is sending a batch that routing gave the personal
-    ``server`` (inside its ``granted()`` block): known without reading the
+    """The ``_Batch`` this thread is sending for the personal ``server``
+    (inside its ``granted()`` block), else None: known without reading the
     server, which every mail would otherwise do again after each commit."""
-    batches = _GRANTS.__dict__.get("batches", ())
-    return bool(server) and (server.env.cr.dbname, server.id) in batches
+    if not server:
+        return None
+    return _GRANTS.__dict__.get("batches", {}).get((server.env.cr.dbname, server.id))
 
 
 def _take_grant(server):
-    grants = _GRANTS.__dict__.get("keys", set())
-    key = (server.env.cr.dbname, server.id)
-    if key not in grants:
-        return False
-    grants.discard(key)
-    return True
+    """The batch whose login this is, once; None outside routing's grant."""
+    batch = sending_batch_of(server)
+    if batch is None or not batch.granted:
+        return None
+    batch.granted = False
+    return batch
 
 
 def check_mail_server(records):
@@ -156,7 +171,8 @@ class IrMailServer(models.Model):
         server = self.sudo().browse(server_id).exists() if server_id else self.browse()
         if not server.ally_smtp_owner_id:
             return super().connect(*args, **kwargs)
-        if not _take_grant(server):
+        batch = _take_grant(server)
+        if batch is None:
             _logger.warning(
                 "ally_smtp: refused a session with the personal mailbox of user %s "
                 "asked by user %s outside its owner's own mail",
@@ -172,7 +188,9 @@ class IrMailServer(models.Model):
             )
         if modules.module.current_test:
             return super().connect(*args, **kwargs)
-        return server._ally_smtp_connect(bound.arguments.get("smtp_from"))
+        connection = server._ally_smtp_connect(bound.arguments.get("smtp_from"))
+        connection.ally_smtp_batch = batch
+        return connection
 
     def _ally_smtp_connect(self, smtp_from):
         user = self.ally_smtp_owner_id

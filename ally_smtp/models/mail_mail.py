@@ -5,7 +5,7 @@ from datetime import timedelta
 from odoo import fields, models, tools
 
 from ..lib import errors, mailbox, pacing
-from .ally_smtp_sent_copy_part import SENDING
+from .ally_smtp_sent_copy_part import Ledger
 from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted, sending_batch_of
 
 _logger = logging.getLogger(__name__)
@@ -186,23 +186,38 @@ class MailMail(models.Model):
         self._ally_smtp_notifications_ready()
         self.env.ref("mail.ir_cron_mail_scheduler_action")._trigger(at=until)
 
+    def _send(self, *args, **kwargs):
+        """A personal batch is sent with its ledger: each mail by one worker
+        at a time, to the recipients no earlier attempt reached
+        (``Ledger``), each accepted SMTP transaction kept at once."""
+        batch = sending_batch_of(kwargs.get("mail_server"))
+        if batch is None:
+            return super()._send(*args, **kwargs)
+        with Ledger(self.env) as ledger:
+            mails = self.browse(ledger.claim(self.ids))
+            batch.ledger = ledger
+            try:
+                return super(MailMail, mails)._send(*args, **kwargs)
+            finally:
+                batch.ledger = batch.mail_id = None
+
     def _prepare_outgoing_list(self, mail_server=False, **kwargs):
         """A mail of a personal mailbox sent again skips who it already reached.
 
-        Odoo sends a mail as one SMTP transaction per recipient; a temporary
-        failure or a quota partway keeps the whole mail queued. The recipients
-        already reached are known by their notification, marked sent when the
-        mail was kept queued (``_postprocess_sent_message``), and, with Sent
-        copies on, by the ``ally.smtp.sent.copy.part`` rows of the mail (also
-        addresses without a partner). Only a mail kept queued after an
-        attempt (``ally_smtp_tried``) is looked up.
+        Odoo sends a mail as one SMTP transaction per recipient; a worker that
+        dies, a send that Odoo rolls back after it went out, a temporary
+        failure or a quota partway leave the whole mail queued. The addresses
+        already reached are in the batch's ledger (read when ``_send`` claimed
+        the mail); a mail kept queued after an attempt (``ally_smtp_tried``)
+        also skips the partners whose notification says sent.
 
         A large attachment is handed to ``build_email`` as a
         ``mailbox.Attachment``, encoded in pieces: the same message, built
         with a third less memory at its peak.
         """
         emails = super()._prepare_outgoing_list(mail_server=mail_server, **kwargs)
-        if not sending_batch_of(mail_server):
+        batch = sending_batch_of(mail_server)
+        if batch is None:
             return emails
         for email in emails:
             if email.get("attachments"):
@@ -212,13 +227,11 @@ class MailMail(models.Model):
                     else (name, content, mimetype)
                     for name, content, mimetype in email["attachments"]
                 ]
-        self.env.cr.postcommit.data[SENDING] = self.id
-        if not self.ally_smtp_tried:
+        batch.mail_id = self.id
+        reached = batch.ledger.reached.get(self.id, set()) if batch.ledger else set()
+        if not (reached or self.ally_smtp_tried):
             return emails
-        reached = (
-            self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_reached(self.id)
-        )
-        notified = set(self._ally_smtp_notified().ids)
+        notified = set(self._ally_smtp_notified().ids) if self.ally_smtp_tried else ()
         left = [
             email
             for email in emails

@@ -14,6 +14,7 @@ from odoo import fields
 from odoo.tests import new_test_user, tagged
 
 from ..lib import mailbox
+from ..models.ally_smtp_sent_copy_part import SENDING_LOCK
 from .common import AllySmtpCase, Mailbox, free_port
 
 
@@ -287,11 +288,15 @@ class TestSending(AllySmtpCase):
         self.assertEqual(listed, addresses)
 
     def test_retried_chunk_skips_the_reached_without_sent_copies(self):
-        """With no Sent copy (the provider files it), the chatter's record of
-        whom the first attempt reached is what the retry leaves out."""
+        """With no Sent copy (the provider files it), each accepted SMTP
+        transaction is still recorded, for whom the mail reached only: the
+        retry leaves them out, and no copy is ever made of them."""
         self.company.ally_smtp_sent_copy = "never"
         mail, addresses = self.queue_chunk_failing_at(20)
-        self.assertFalse(self.env["ally.smtp.sent.copy.part"].search([]))
+        parts = self.env["ally.smtp.sent.copy.part"].search([])
+        self.assertEqual(len(parts), 20)
+        self.assertEqual(set(parts.mapped("reached_only")), {True})
+        self.assertEqual(set(parts.mapped("mail_id")), {mail.id})
         notifications = self.env["mail.notification"].search(
             [("mail_mail_id", "=", mail.id)]
         )
@@ -299,6 +304,41 @@ class TestSending(AllySmtpCase):
         self.assertEqual(statuses, {"sent": 20, "ready": 30})
         self.retry_and_count(mail, addresses)
         self.assertEqual(set(notifications.mapped("notification_status")), {"sent"})
+        self.file_copies()
+        self.assertFalse(self.env["ally.smtp.sent.copy"].search([]))
+
+    def test_lost_send_transaction_still_skips_the_reached(self):
+        """A worker killed mid-mail, or a send Odoo rolled back after it went
+        out, leaves the mail queued as if never tried: no attempt counted, no
+        notification sent. Whom it reached is in the ledger, recorded
+        outside the send transaction, and the next run leaves them out."""
+        for mode in ("never", "always"):
+            with self.subTest(mode=mode):
+                self.company.ally_smtp_sent_copy = mode
+                self.smtp.reset()
+                mail, addresses = self.queue_chunk_failing_at(20)
+                # what the lost send transaction would not have committed
+                mail.write({"ally_smtp_tried": False, "ally_smtp_attempts": 0})
+                self.env["mail.notification"].search(
+                    [("mail_mail_id", "=", mail.id)]
+                ).notification_status = "ready"
+                self.retry_and_count(mail, addresses)
+
+    def test_mail_another_worker_sends_is_left_to_it(self):
+        """A mail whose send lock another connection holds (a second worker
+        sending it now) is neither sent nor touched; once the lock is free
+        it leaves once."""
+        mail = self.queue(self.alice, "claimed elsewhere")
+        with self.registry.cursor() as other:
+            other.execute("SELECT pg_advisory_lock(%s, %s)", [SENDING_LOCK, mail.id])
+            self.run_queue()
+            self.assertEqual(len(self.smtp.messages()), 0)
+            self.assertEqual(mail.state, "outgoing")
+            self.assertFalse(mail.ally_smtp_tried)
+            other.execute("SELECT pg_advisory_unlock_all()")
+        self.run_queue()
+        self.assertEqual(mail.state, "sent")
+        self.assertEqual(len(self.smtp.messages()), 1)
 
     def test_retry_after_the_copy_was_filed_still_skips_the_reached(self):
         """The copy of a message whose chunk waits over an hour is filed

@@ -14,6 +14,7 @@ from odoo import SUPERUSER_ID, api, fields, modules
 from odoo.tests import TransactionCase, new_test_user, tagged
 
 from ..lib import mailbox
+from ..models.ally_smtp_sent_copy_part import Ledger
 from .common import AllySmtpCase, Mailbox, company_values, free_port, harness
 
 
@@ -86,7 +87,12 @@ class TestSentCopy(AllySmtpCase):
         self.assertEqual(sorted(delivered), sorted(self.students.mapped("email")))
         copy = self.copy_of(message.message_id)
         self.assertEqual(copy.state, "done", copy.last_error)
-        self.assertFalse(copy.part_ids)
+        # filed: the bytes are gone, whom each part reached stays a while
+        self.assertEqual(len(copy.part_ids), 120)
+        self.env.cr.execute(
+            "SELECT count(*) FROM ally_smtp_sent_copy_part WHERE raw IS NOT NULL"
+        )
+        self.assertEqual(self.env.cr.fetchone()[0], 0)
         ((flags, filed),) = self.alice_box.find("Sent", message.message_id)
         self.assertIn(b"\\Seen", flags)
         self.assertEqual(
@@ -358,15 +364,14 @@ class TestSentCopy(AllySmtpCase):
 
     # -- the send path ---------------------------------------------------------
     def test_failed_bookkeeping_never_undoes_the_send(self):
-        part = type(self.env["ally.smtp.sent.copy.part"])
-        real = part._ally_smtp_insert
+        real = Ledger.record
 
-        def broken(model, values, raw):
+        def broken(ledger, values, raw):
             values[0] = None  # violates NOT NULL in the database
-            return real(model, values, raw)
+            return real(ledger, values, raw)
 
         with (
-            patch.object(part, "_ally_smtp_insert", broken),
+            patch.object(Ledger, "record", broken),
             self.assertLogs("odoo.addons.ally_smtp", logging.ERROR),
         ):
             mail = self.queue(self.alice, "kept")
