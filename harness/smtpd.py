@@ -32,6 +32,11 @@ A small HTTP API on loopback lets tests read and steer it::
     POST /config           {"autosave": true}   (or a list of logins)
                            {"deliver": false}   (record only: no IMAP delivery,
                                                  for benchmarks)
+                           {"pace": 0.05}       (seconds between taking a
+                                                 message and answering 250: a
+                                                 slow provider, and the window
+                                                 in which a client that dies
+                                                 never hears that it was taken)
 """
 
 import asyncio
@@ -83,6 +88,7 @@ class State:
             self.faults = []
             self.autosave = False
             self.deliver = True
+            self.pace = 0
             self.xoauth2_style = "google"
 
     def session(self, smtp_session, listener):
@@ -318,6 +324,7 @@ class Handler:
             )
             autosave = self.state.autosave
             deliver = self.state.deliver
+            pace = self.state.pace
         self.state.event(record, "data", message_id)
         deliveries = [
             (rcpt, self.state.users[rcpt], "INBOX", "")
@@ -331,6 +338,8 @@ class Handler:
             await loop.run_in_executor(
                 None, imap_append, self.imap_port, login_, password, folder, raw, flags
             )
+        if pace:
+            await asyncio.sleep(pace)
         return "250 2.0.0 OK queued"
 
 
@@ -371,6 +380,8 @@ def _control_server(state, port):
                         )
                     if "deliver" in payload:
                         state.deliver = bool(payload["deliver"])
+                    if "pace" in payload:
+                        state.pace = float(payload["pace"])
             elif self.path == "/xoauth2":
                 assert payload["style"] in XOAUTH2_STYLES, payload
                 with state.lock:

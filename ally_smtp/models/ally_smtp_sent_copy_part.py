@@ -101,16 +101,15 @@ class Ledger:
         self.reached = {}  # mail id -> addresses (normalized) it reached
         self.stored = set()  # (user id, Message-ID) whose bytes are kept
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.own:
-            try:
-                self.cr.rollback()
-                self.cr.execute("SELECT pg_advisory_unlock_all()")
-            finally:
-                self.cr.close()
+    def close(self):
+        """Let go of the claimed mails; once, however often it is called."""
+        if not self.own or self.cr.closed:
+            return
+        try:
+            self.cr.rollback()
+            self.cr.execute("SELECT pg_advisory_unlock_all()")
+        finally:
+            self.cr.close()
 
     def claim(self, mail_ids):
         """The ids of ``mail_ids`` this worker sends now, in order.

@@ -189,17 +189,26 @@ class MailMail(models.Model):
     def _send(self, *args, **kwargs):
         """A personal batch is sent with its ledger: each mail by one worker
         at a time, to the recipients no earlier attempt reached
-        (``Ledger``), each accepted SMTP transaction kept at once."""
+        (``Ledger``), each accepted SMTP transaction kept at once.
+
+        The queue commits after each mail and lets go of the batch's mails at
+        the end; any other caller ("Send Now") holds them until its
+        transaction ends, so that no worker takes them before they show sent.
+        """
         batch = sending_batch_of(kwargs.get("mail_server"))
         if batch is None:
             return super()._send(*args, **kwargs)
-        with Ledger(self.env) as ledger:
+        ledger = batch.ledger = Ledger(self.env)
+        try:
             mails = self.browse(ledger.claim(self.ids))
-            batch.ledger = ledger
-            try:
-                return super(MailMail, mails)._send(*args, **kwargs)
-            finally:
-                batch.ledger = batch.mail_id = None
+            return super(MailMail, mails)._send(*args, **kwargs)
+        finally:
+            batch.ledger = batch.mail_id = None
+            if kwargs.get("auto_commit") or not ledger.own:
+                ledger.close()
+            else:
+                self.env.cr.postcommit.add(ledger.close)
+                self.env.cr.postrollback.add(ledger.close)
 
     def _prepare_outgoing_list(self, mail_server=False, **kwargs):
         """A mail of a personal mailbox sent again skips who it already reached.

@@ -110,6 +110,10 @@ class SmtpServer:
         """Off: record messages without delivering them (benchmarks)."""
         self._call("/config", {"deliver": on})
 
+    def pace(self, seconds):
+        """Answer each DATA ``seconds`` after taking the message (0: at once)."""
+        self._call("/config", {"pace": seconds})
+
     def state(self):
         return self._call("/state")
 
