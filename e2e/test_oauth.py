@@ -125,6 +125,31 @@ def test_connect_in_a_browser_then_send_and_file(agency, world):
     )
 
 
+def test_connect_with_an_access_token_shorter_than_the_renewal_margin(agency, world):
+    """A tenant policy or a slow consent screen may leave the access token
+    less than the 5 minutes after which Odoo renews it: Connect tests the
+    token it just received as is (its row is not committed yet, no other
+    transaction can renew it), then mail leaves, renewing it as usual."""
+    agency.oauth.lifetime("microsoft", 30)
+    try:
+        for attempt in ("connect", "reconnect"):
+            _browser, _callback, page = agency.connect("oscar", OSCAR)
+            shown = re.search(
+                r"o_ally_smtp_oauth_result[^>]*>(.*?)</", page.text, re.DOTALL
+            )
+            assert "alert-success" in page.text, (attempt, shown and shown.group(1))
+            user = agency.state("oscar")
+            assert user["ally_smtp_state"] == "ok", (attempt, user)
+            assert user["ally_smtp_oauth_account"] == OSCAR
+        before = refreshes(agency)
+        agency.post("oscar", "oauth-e2e short-lived token")
+        sent = world.delivered("oauth-e2e short-lived token")
+        assert {(m["login"], m["mail_from"]) for m in sent} == {(OSCAR, OSCAR)}
+        assert refreshes(agency) - before >= 1  # renewed in its own transaction
+    finally:
+        agency.oauth.lifetime("microsoft", 3600)
+
+
 def test_answer_replayed_or_for_someone_else_is_refused(agency):
     browser, callback, page = agency.connect("oscar", OSCAR)
     assert "alert-success" in page.text

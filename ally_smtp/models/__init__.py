@@ -6,6 +6,7 @@ from . import ir_mail_server
 from . import mail_compose_message
 from . import mail_mail
 from . import mail_message
+from . import mail_scheduled_message
 from . import mail_template
 from . import res_company
 from . import res_config_settings

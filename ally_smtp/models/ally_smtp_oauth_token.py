@@ -10,6 +10,10 @@ from ..lib import crypto, errors, oauth
 
 _logger = logging.getLogger(__name__)
 
+# context key: the id of the grant the running transaction has just stored
+# (Connect), whose access token is used as received
+RECEIVED = "ally_smtp_oauth_received"
+
 
 class AllySmtpOAuthToken(models.Model):
     """A user's OAuth grant for their mailbox, encrypted; no one reads it.
@@ -81,9 +85,31 @@ class AllySmtpOAuthToken(models.Model):
         row = self.sudo()
         if row.broken:
             raise oauth.Problem(errors.RECONNECT, row.broken)
+        if self.env.context.get(RECEIVED) == row.id:
+            return row._ally_smtp_received_token()
         if not force_refresh and row.expires_at - time.time() > oauth.REFRESH_MARGIN:
             return row._tokens()["access_token"], False
         return row._ally_smtp_refresh(force_refresh and row.expires_at)
+
+    def _ally_smtp_received_token(self):
+        """The access token this transaction has just received, as is.
+
+        Until this transaction commits, the refresh's own transaction cannot
+        see a new grant (or waits for the lock on a reconnected one), and
+        there is nothing to renew: the token was just issued, however short
+        it lives. A refusal of it is a judgement on the grant.
+        """
+        if self.expires_at > time.time():
+            return self._tokens()["access_token"], True
+        raise oauth.Problem(
+            errors.TEMPORARY,
+            self.env._(
+                "The access given by %(provider)s ran out before it could be "
+                "tested. Your mailbox is connected: press 'Test SMTP "
+                "configuration' in My Profile.",
+                provider=self._provider_name(),
+            ),
+        )
 
     def _ally_smtp_refresh(self, refused_expiry=False):
         """Refresh in a transaction of its own, under this row's lock.

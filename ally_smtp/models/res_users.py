@@ -11,6 +11,7 @@ from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import email_normalize, email_split
 
 from ..lib import actions, crypto, errors, mailbox, oauth, pacing
+from .ally_smtp_oauth_token import RECEIVED
 
 _logger = logging.getLogger(__name__)
 
@@ -645,7 +646,7 @@ class ResUsers(models.Model):
                 "The provider gave no lasting access (no refresh token). Press "
                 "Connect again and accept every permission asked."
             )
-        self.env["ally.smtp.oauth.token"]._ally_smtp_store(
+        grant = self.env["ally.smtp.oauth.token"]._ally_smtp_store(
             user, provider, tokens, account
         )
         user.write(
@@ -658,7 +659,9 @@ class ResUsers(models.Model):
         _logger.info("ally_smtp: user %s connected their mailbox", self.id)
         try:
             with self.env.cr.savepoint():
-                folder = user._ally_smtp_probe()
+                # tested with the token just received: the grant is not
+                # committed yet, so no transaction of its own may renew it
+                folder = user.with_context(**{RECEIVED: grant.id})._ally_smtp_probe()
         except (UserError, oauth.Problem) as exc:
             message = exc.args[0]
             kind = getattr(exc, "ally_smtp_kind", getattr(exc, "kind", None))

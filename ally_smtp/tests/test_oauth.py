@@ -8,6 +8,7 @@ the test's.
 
 import json
 import time
+from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 from odoo import fields
@@ -15,6 +16,7 @@ from odoo.exceptions import AccessError, UserError
 from odoo.tests import tagged
 
 from ..lib import oauth
+from ..models import ally_smtp_oauth_token as oauth_token_module
 from .common import AllySmtpCase, Mailbox
 from .servers import OAuthServer
 
@@ -393,6 +395,47 @@ class TestMicrosoft(OAuthCase):
         self.due(self.alice)
         mail = self.send(self.alice, "After the rotation")
         self.assertEqual(mail.state, "sent", mail.failure_reason)
+
+    def test_connect_tests_a_short_lived_token_as_received(self):
+        """An access token that lives less than the renewal margin (a tenant
+        policy, a slow consent screen) is tested as received: the new grant
+        is not committed yet, so no transaction of its own may renew it
+        (e2e/test_oauth.py connects so through the prefork server)."""
+        self.oauth.lifetime(self.profile, 30)
+        connected, message = self.connect(self.alice)
+        self.assertTrue(connected, message)
+        self.assertEqual(self.alice.ally_smtp_state, "ok")
+        self.assertEqual(self.token_calls(), 0)
+        self.assertEqual(len(self.xoauth2_logins("alice@agency.test")), 1)
+        received = self.stored(self.alice)["refresh_token"]
+        mail = self.send(self.alice, "After a short-lived token")
+        self.assertEqual(mail.state, "sent", mail.failure_reason)
+        (sent,) = self.smtp.messages()
+        self.assertEqual(sent["mail_from"], "alice@agency.test")
+        # renewed before the send, and the rotated refresh token kept
+        self.assertEqual(self.token_calls(), 1)
+        self.token(self.alice).invalidate_recordset()
+        rotated = self.stored(self.alice)["refresh_token"]
+        self.assertNotEqual(rotated, received)
+        live = self.oauth.stats()["microsoft"]["live_refresh_tokens"]
+        self.assertEqual(live["alice@agency.test"], [rotated])
+
+    def test_connect_with_a_token_run_out_keeps_the_grant(self):
+        """A received access token that ran out before the test is not
+        renewed in Connect's transaction either: the grant is kept, the
+        test says so, and mail leaves with a renewed token."""
+        self.oauth.lifetime(self.profile, 30)
+        later = mock.Mock(time=lambda: time.time() + 60)
+        with mock.patch.object(oauth_token_module, "time", later):
+            connected, message = self.connect(self.alice)
+        self.assertFalse(connected)
+        self.assertIn("ran out", message)
+        self.assertEqual(self.token_calls(), 0)
+        self.assertEqual(self.alice.ally_smtp_state, "untested")
+        self.assertEqual(self.alice.ally_smtp_oauth_account, "alice@agency.test")
+        mail = self.send(self.alice, "After a token that ran out")
+        self.assertEqual(mail.state, "sent", mail.failure_reason)
+        self.assertEqual(self.token_calls(), 1)
 
     def test_microsoft_style_refusal_then_reconnect(self):
         self.smtp.xoauth2_style("microsoft")

@@ -1,13 +1,16 @@
 """Only the owner's own mail ever signs in to the owner's mailbox."""
 
+import email
+import json
 import os
 import tempfile
 import threading
+from datetime import timedelta
 from unittest.mock import patch
 
 from cryptography.fernet import Fernet
 
-from odoo import Command
+from odoo import Command, fields
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tests import new_test_user, tagged
 from odoo.tools import config, mute_logger
@@ -98,6 +101,75 @@ class TestSecurity(AllySmtpCase):
         (sent,) = self.smtp.messages()
         self.assertEqual(sent["login"], "alice@agency.test")
         self.assertEqual(sent["mail_from"], "alice@agency.test")
+
+    def schedule(self, user, body, server):
+        """A message ``user`` schedules on the student whose notification
+        parameters name ``server``, come due."""
+        scheduled = (
+            self.env["mail.scheduled.message"]
+            .with_user(user)
+            .create(
+                {
+                    "model": "res.partner",
+                    "res_id": self.student.id,
+                    "author_id": user.partner_id.id,
+                    "body": body,
+                    "partner_ids": [Command.link(self.student.id)],
+                    "scheduled_date": fields.Datetime.now() + timedelta(hours=1),
+                    "notification_parameters": json.dumps(
+                        {"mail_server_id": server.id}
+                    ),
+                }
+            )
+        )
+        scheduled.flush_recordset()
+        self.env.cr.execute(  # the hour passed (the date may not be in the past)
+            "UPDATE mail_scheduled_message SET scheduled_date = %s WHERE id = %s",
+            [fields.Datetime.now() - timedelta(minutes=1), scheduled.id],
+        )
+        scheduled.invalidate_recordset()
+        return scheduled
+
+    def test_scheduled_message_naming_a_personal_server_is_posted_without_it(self):
+        """Odoo's scheduled-post cron posts as the message's creator, who may
+        not name a personal mailbox: it drops the server, and the post goes
+        out by the ordinary routing (the creator's own mailbox)."""
+        logger = "odoo.addons.ally_smtp.models.mail_scheduled_message"
+        cases = (  # creator, named server, expected SMTP login
+            (self.alice, self.alice_server, "alice@agency.test"),
+            (self.bob, self.alice_server, "bob@agency.test"),
+            (self.bob, self.company_server, "carol@agency.test"),
+        )
+        for user, server, login in cases:
+            with self.subTest(user=user.login, server=server.name):
+                self.smtp.reset()
+                scheduled = self.schedule(user, f"Scheduled by {user.name}", server)
+                personal = bool(server.ally_smtp_owner_id)
+                logs = (
+                    self.assertLogs(logger, "WARNING")
+                    if personal
+                    else self.assertNoLogs(logger, "WARNING")
+                )
+                with self.live(), logs:
+                    self.env["mail.scheduled.message"]._post_messages_cron()
+                self.assertFalse(scheduled.exists())
+                message = self.env["mail.message"].search(
+                    [("model", "=", "res.partner"), ("res_id", "=", self.student.id)],
+                    limit=1,
+                )
+                self.assertIn(f"Scheduled by {user.name}", message.body)
+                self.assertEqual(message.create_uid, user)
+                self.assertEqual(message.mail_server_id.id, not personal and server.id)
+                sent = self.smtp.messages()
+                self.assertEqual({m["login"] for m in sent}, {login})
+                (to_student,) = [
+                    m for m in sent if m["rcpt_tos"] == ["student1@school.test"]
+                ]
+                headers = email.message_from_string(to_student["data"])
+                self.assertEqual(headers["Message-Id"], message.message_id)
+                if personal:
+                    self.assertEqual(to_student["mail_from"], login)
+                    self.assertEqual({e[1] for e in self.smtp.auth_attempts()}, {login})
 
     def test_connect_to_a_personal_server_is_refused_before_any_login(self):
         for who in (self.bob, self.admin, self.alice):
