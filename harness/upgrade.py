@@ -29,14 +29,18 @@ from .odoo import (
     step,
     write_config,
 )
-from .rpc import PEOPLE, World, servers
+from .rpc import OLGA, PEOPLE, Agency, World, servers
 from .services import free_port, wait_port
 
 # The last release of the addon: every release moves it forward to its own
 # commit, so that the next one is tested as an upgrade from it.
 PREVIOUS_RELEASE = "6a5a096a0344a8bb1b04d1a4efb2252ed5f0de4d"
 UPGRADE_DB = "ally_smtp_upgrade"
-CONSULTANTS = ("ana", "bob")
+# Ana and Bob sign in with their mailbox passwords, Olga with her Microsoft
+# account (an OAuth sign-in, the harness's OAuth server)
+PASSWORDS = ("ana", "bob")
+CONSULTANTS = (*PASSWORDS, "olga")
+MAILBOXES = {"ana": PEOPLE["ana"][0], "bob": PEOPLE["bob"][0], "olga": OLGA}
 QUOTA = "550 5.4.5 Daily user sending limit exceeded"
 MAIL_QUEUE = "mail.ir_cron_mail_scheduler_action"
 FILING = "ally_smtp.ir_cron_sent_copy"
@@ -46,6 +50,7 @@ USER_FIELDS = [
     "ally_smtp_sent_folder",
     "ally_smtp_paused_until",
     "ally_smtp_pause_reason",
+    "ally_smtp_oauth_account",
 ]
 
 
@@ -179,12 +184,17 @@ def posts(world, login, tag, count, students):
 def fill(world):
     """What the previous release leaves in flight; the record of it."""
     admin, info = world.admin, world.info
+    servers.OAuthServer(info).reset()
+    agency = Agency(world)
+    _browser, _callback, page = agency.connect("olga", OLGA)
+    check("alert-success" in page.text, f"before: Olga's Connect: {page.text[-500:]}")
+    world.users["olga"], world.rpc["olga"] = agency.users["olga"], agency.rpc["olga"]
     for login in CONSULTANTS:
-        servers.Mailbox(info, PEOPLE[login][0]).purge()
+        servers.Mailbox(info, MAILBOXES[login]).purge()
         world.rpc[login]("res.users", "action_ally_smtp_test", [world.users[login]])
     messages = {}
     # sent; their copies failed to be filed (IMAP down) and wait to be retried
-    for login in CONSULTANTS:
+    for login in PASSWORDS:
         messages.update(posts(world, login, "retried", 2, 2))
     run_queue(world)
     imap_port = info["imap"]["port"]
@@ -207,6 +217,7 @@ def fill(world):
     # queued (more than 50 recipients: several mails for one message)
     messages.update(posts(world, "ana", "queued", 1, 60))
     messages.update(posts(world, "bob", "queued", 1, 3))
+    messages.update(posts(world, "olga", "queued", 1, 2))
     return record(world, messages)
 
 
@@ -255,6 +266,7 @@ def record(world, messages):
         "loose": sorted({p["message_id"] for p in loose}),
         "delivered": delivered(world, ids),
         "failed": admin("mail.mail", "search_count", [("state", "=", "exception")]),
+        "sign_ins": sign_ins(world),
     }
     sanity(world, flight)
     return flight
@@ -275,6 +287,11 @@ def sanity(world, flight):
         f"before: the consultants are not all Working: {flight['states']}",
     )
     check(bob["ally_smtp_paused_until"], f"before: Bob is not paused: {bob}")
+    olga = flight["users"]["olga"]
+    check(
+        flight["sign_ins"] == [(olga, "microsoft", OLGA)],
+        f"before: sign-ins {flight['sign_ins']}",
+    )
     retried = {mid for _l, mid in by_tag["retried"]}
     check(
         retried and all(flight["copies"].get(m) == "pending" for m in retried),
@@ -296,6 +313,19 @@ def sanity(world, flight):
     check(
         len(flight["outgoing"]) >= 4,  # Ana's 60 recipients make 2 mails
         f"before: {len(flight['outgoing'])} mails queued",
+    )
+
+
+def sign_ins(world):
+    """The OAuth sign-ins stored (ally.smtp.oauth.token, tokens unread)."""
+    return sorted(
+        (t["user_id"][0], t["provider"], t["account"])
+        for t in world.admin(
+            "ally.smtp.oauth.token",
+            "search_read",
+            [("user_id", "in", list(world.users.values()))],
+            ["user_id", "provider", "account"],
+        )
     )
 
 
@@ -352,13 +382,24 @@ def verify(world, flight):
         {c["message_id"]: c["state"] for c in copies} == flight["copies"],
         f"waiting copies changed: {flight['copies']} -> {copies}",
     )
-    # each consultant's Test passes with the password stored by the old code
+    check(
+        sign_ins(world) == flight["sign_ins"],
+        f"sign-ins: {flight['sign_ins']} -> {sign_ins(world)}",
+    )
+    # each consultant's Test passes with the password (or sign-in) stored by
+    # the old code; Olga's access token is expired first, so that her stored
+    # refresh token and the agency's client secret must be read too
+    oauth = servers.OAuthServer(world.info)
+    oauth.expire(OLGA)
+    refreshed = oauth.stats()["microsoft"]["token"].get("refresh_token", 0)
     for login in CONSULTANTS:
         world.rpc[login]("res.users", "action_ally_smtp_test", [world.users[login]])
         (user,) = world.rpc[login](
             "res.users", "read", [world.users[login]], ["ally_smtp_state"]
         )
         check(user["ally_smtp_state"] == "ok", f"{login}'s Test: {user}")
+    refreshes = oauth.stats()["microsoft"]["token"].get("refresh_token", 0)
+    check(refreshes > refreshed, "Olga's Test did not refresh her access token")
     # the pause holds: Ana's queue leaves, Bob's waits; then an admin resumes
     run_queue(world)
     bobs = [m for m, (login, *_r) in flight["messages"].items() if login == "bob"]
@@ -411,7 +452,7 @@ def file_copies(world, flight):
     check(not left, f"{left} copies not filed after 5 runs")
     for login in CONSULTANTS:
         sent = collections.defaultdict(list)
-        box = servers.Mailbox(world.info, PEOPLE[login][0])
+        box = servers.Mailbox(world.info, MAILBOXES[login])
         for _flags, message in box.messages("Sent"):
             sent[(message["Message-Id"] or "").strip()].append(message)
         for message_id, (author, subject, to) in flight["messages"].items():
@@ -453,7 +494,8 @@ def check_upgrade(odoo_path, services):
         print(
             f"harness: in flight: {len(flight['outgoing'])} queued mails, "
             f"{len(flight['copies'])} copies to retry, {len(flight['loose'])} "
-            "messages with copies not gathered, Bob's mailbox paused",
+            "messages with copies not gathered, Bob's mailbox paused, "
+            f"{len(flight['sign_ins'])} OAuth sign-in",
             flush=True,
         )
         upgrade(odoo_path, new_config, services.dir / "upgrade.log")
