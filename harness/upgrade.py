@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 
@@ -510,6 +511,9 @@ def check_upgrade(odoo_path, services):
         clean_log(new_log, "the upgraded server")
     except Lost as exc:
         raise SystemExit(f"the upgrade from {PREVIOUS_RELEASE[:10]}: {exc}") from exc
+    except Exception as exc:  # an RPC fault, a server that did not start, ...
+        traceback.print_exc()
+        raise SystemExit(f"the upgrade lane broke: {exc!r}"[:2000]) from exc
     print(
         f"harness: upgrade {manifest_version(old)} -> {manifest_version(ROOT)}: "
         f"nothing lost ({time.monotonic() - started:.0f}s)",
