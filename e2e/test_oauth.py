@@ -6,92 +6,15 @@ An agency of its own ("OAuth Agency", Microsoft accounts, rotating refresh
 tokens) so that the other suites keep their password agency.
 """
 
-import re
 import subprocess
 import time
 import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
-from conftest import PEOPLE, Rpc, servers, subject_of
+from conftest import Rpc, servers, subject_of
 
-OLGA, OSCAR = "consultant03@agency.test", "consultant04@agency.test"
-
-
-class Agency:
-    def __init__(self, world):
-        self.world = world
-        info, admin = world.info, world.admin
-        app = info["oauth"]["microsoft"]
-        self.oauth = servers.OAuthServer(info)
-        admin(
-            "ir.config_parameter",
-            "set_param",
-            "ally_smtp.oauth_microsoft_base_url",
-            app["base_url"],
-        )
-        admin("ir.config_parameter", "set_param", "web.base.url", world.url)
-        self.company = admin(
-            "res.company",
-            "create",
-            servers.company_values(
-                info,
-                name="OAuth Agency",
-                ally_smtp_sent_copy="always",
-                ally_smtp_auth_method="microsoft",
-                ally_smtp_oauth_client_id=app["client_id"],
-                ally_smtp_oauth_client_secret=app["client_secret"],
-                ally_smtp_oauth_tenant=app["tenant"],
-            ),
-        )
-        self.users, self.rpc = {}, {}
-        for login, mailbox in (("olga", OLGA), ("oscar", OSCAR)):
-            self.users[login], self.rpc[login] = world.person(
-                login, mailbox, PEOPLE["ana"][1], company=self.company
-            )
-        self.student = admin(
-            "res.partner",
-            "create",
-            {"name": "Student OAuth", "email": "student2@school.test"},
-        )
-
-    def browser(self, login):
-        """A logged-in browser session of ``login``."""
-        session = requests.Session()
-        page = session.get(f"{self.world.url}/web/login", timeout=30)
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        reply = session.post(
-            f"{self.world.url}/web/login",
-            data={"login": login, "password": f"{login}-odoo", "csrf_token": token},
-            timeout=30,
-        )
-        assert reply.ok and "/web/login" not in reply.url, reply.url
-        return session
-
-    def connect(self, login, mailbox, account=None):
-        """Press Connect, consent as ``account``, come back; the result page."""
-        browser = self.browser(login)
-        start = browser.get(
-            f"{self.world.url}/ally_smtp/oauth/start", allow_redirects=False, timeout=30
-        )
-        assert start.status_code in (302, 303), start.text[:300]
-        callback = self.oauth.consent(start.headers["Location"], account or mailbox)
-        return browser, callback, browser.get(callback, timeout=60)
-
-    def state(self, login):
-        (user,) = self.world.admin(
-            "res.users",
-            "read",
-            [self.users[login]],
-            ["ally_smtp_state", "ally_smtp_oauth_account", "ally_smtp_last_error"],
-        )
-        return user
-
-    def post(self, login, subject):
-        return self.world.post(
-            login, subject, rpc=self.rpc[login], student=self.student
-        )
+from harness.rpc import OLGA, OSCAR, Agency
 
 
 @pytest.fixture(scope="module")

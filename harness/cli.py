@@ -23,6 +23,7 @@ from .odoo import (
 )
 from .prefork import run_e2e
 from .services import ROOT, Services, free_port
+from .upgrade import check_upgrade
 from .wheel import check_wheel
 
 TEST_DB = "ally_smtp_test"
@@ -195,13 +196,15 @@ def e2e_args(args):
 def cmd_test(args):
     odoo_path = find_odoo()
     print(f"harness: Odoo found at {odoo_path}", flush=True)
-    partial = bool(args.pytest_args) or args.tours_only or args.e2e_only
+    only = args.tours_only or args.e2e_only or args.upgrade_only
+    partial = bool(args.pytest_args) or only
     ok = lint() if not partial else True
     with Services() as services:
         config = write_config(services, odoo_path, services.dir / "odoo.conf")
-        step(f"install {ADDON} in a new database")
-        install(odoo_path, config, TEST_DB, "--without-demo=all")
-        if not (args.tours_only or args.e2e_only):
+        if not args.upgrade_only:
+            step(f"install {ADDON} in a new database")
+            install(odoo_path, config, TEST_DB, "--without-demo=all")
+        if not only:
             step("tests (pytest-odoo)")
             junit = services.dir / "junit.xml"
             code = pytest(odoo_path, services, config, junit, args.pytest_args)
@@ -209,7 +212,7 @@ def cmd_test(args):
             if junit.exists() and skipped(junit):
                 print(f"harness: {skipped(junit)} skipped: failing", flush=True)
                 ok = False
-        if not (args.pytest_args or args.e2e_only):
+        if not (args.pytest_args or args.e2e_only or args.upgrade_only):
             step("browser tours (Odoo's runner, headless Chromium)")
             ok = tours(odoo_path, services, config, args.screenshots) and ok
         if not partial or args.e2e_only:
@@ -218,6 +221,8 @@ def cmd_test(args):
             if junit.exists() and skipped(junit):
                 print(f"harness: {skipped(junit)} skipped: failing", flush=True)
                 ok = False
+        if not partial or args.upgrade_only:
+            ok = _passes("the upgrade", check_upgrade, odoo_path, services) and ok
         if not partial:
             ok = _passes("the wheel", check_wheel, odoo_path, services) and ok
     if not partial:
@@ -273,6 +278,11 @@ def main():
         "--e2e-only",
         action="store_true",
         help="only the suite against a prefork server (e2e/)",
+    )
+    test.add_argument(
+        "--upgrade-only",
+        action="store_true",
+        help="only the upgrade from the previous release (harness/upgrade.py)",
     )
     test.add_argument(
         "--screenshots", type=os.path.abspath, help="save the tours' screenshots here"
