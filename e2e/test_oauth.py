@@ -6,6 +6,7 @@ An agency of its own ("OAuth Agency", Microsoft accounts, rotating refresh
 tokens) so that the other suites keep their password agency.
 """
 
+import re
 import subprocess
 import time
 import xmlrpc.client
