@@ -20,7 +20,7 @@ import time
 from collections import Counter, defaultdict
 from unittest.mock import patch
 
-from odoo import SUPERUSER_ID, Command, api, modules
+from odoo import SUPERUSER_ID, Command, api, modules, sql_db
 from odoo.tests import TransactionCase, new_test_user, tagged
 
 from odoo.addons.ally_smtp.models.ally_smtp_sent_copy_part import (
@@ -215,11 +215,12 @@ class QueueBench(TransactionCase):
         def work(env):
             count = queue(env)
             env.cr.commit()
-            queries = env.cr.sql_log_count
+            # every cursor's queries: the ledger's are on a cursor of its own
+            queries = sql_db.sql_counter
             start = time.perf_counter()
             env["mail.mail"].process_email_queue()
             seconds = time.perf_counter() - start
-            return seconds, (env.cr.sql_log_count - queries) / count
+            return seconds, (sql_db.sql_counter - queries) / count
 
         self.smtp.reset()
         self.smtp.deliver(False)

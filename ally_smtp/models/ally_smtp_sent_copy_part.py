@@ -158,12 +158,12 @@ class Ledger:
         """Keep one accepted SMTP transaction: ``values`` of ``COLUMNS`` but
         the last, and the bytes sent (or None)."""
         cr = self.cr
-        if self.own:
-            cr.execute("SET LOCAL synchronous_commit TO OFF")
+        # one round trip, and one more for the commit
+        fast = "SET LOCAL synchronous_commit TO OFF;" if self.own else ""
         if raw is None or len(raw) < LARGE:
-            cr.execute(_INSERT, [*values, raw])
+            cr.execute(fast + _INSERT, [*values, raw])
         else:
-            cr.execute("SAVEPOINT ally_smtp_part")
+            cr.execute(fast + "SAVEPOINT ally_smtp_part")
             cr.copy_expert(
                 f"COPY ally_smtp_sent_copy_part ({COLUMNS}) FROM STDIN",
                 _CopyRow(values, raw),
