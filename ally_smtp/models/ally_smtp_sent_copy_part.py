@@ -7,8 +7,6 @@ import time
 import zlib
 from datetime import timedelta
 
-from psycopg2.extensions import TRANSACTION_STATUS_INERROR
-
 from odoo import api, fields, models, tools
 
 _logger = logging.getLogger(__name__)
@@ -30,10 +28,8 @@ COLUMNS = (
     "user_id, mail_id, message_id, subject, recipients, cc, sent_at, reached_only, raw"
 )
 _INSERT = f"""
-    SAVEPOINT ally_smtp_part;
     INSERT INTO ally_smtp_sent_copy_part ({COLUMNS})
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s);
-    RELEASE SAVEPOINT ally_smtp_part
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
@@ -97,7 +93,12 @@ class Ledger:
 
     def __init__(self, env, own=None):
         self.own = not _testing() if own is None else own
-        self.cr = env.registry.cursor() if self.own else env.cr
+        self.cr = env.cr
+        if self.own:
+            # each statement its own transaction: a record is one round trip
+            self.cr = env.registry.cursor()
+            self.cr.connection.autocommit = True
+            self.cr.execute("SET synchronous_commit TO OFF")
         self.reached = {}  # mail id -> addresses (normalized) it reached
         self.stored = set()  # (user id, Message-ID) whose bytes are kept
 
@@ -106,8 +107,8 @@ class Ledger:
         if not self.own or self.cr.closed:
             return
         try:
-            self.cr.rollback()
-            self.cr.execute("SELECT pg_advisory_unlock_all()")
+            self.cr.execute("SELECT pg_advisory_unlock_all(); RESET synchronous_commit")
+            self.cr.connection.autocommit = False
         finally:
             self.cr.close()
 
@@ -124,9 +125,9 @@ class Ledger:
             "SELECT id FROM unnest(%s::int[]) AS id WHERE pg_try_advisory_lock(%s, id)",
             [list(mail_ids), SENDING_LOCK],
         )
+        # own ledger: each read below sees what was committed once the locks
+        # were taken
         locked = {row[0] for row in cr.fetchall()}
-        if self.own:  # read after the locks were taken: a fresh snapshot
-            cr.commit()
         cr.execute(
             "SELECT id FROM mail_mail WHERE id = ANY(%s) AND state != 'outgoing'",
             [list(locked)],
@@ -144,8 +145,6 @@ class Ledger:
                 for value in values
                 for address in tools.email_normalize_all(value or "")
             )
-        if self.own:
-            cr.commit()
         skipped = len(mail_ids) - len(claimed)
         if skipped:
             _logger.info(
@@ -156,33 +155,24 @@ class Ledger:
 
     def record(self, values, raw):
         """Keep one accepted SMTP transaction: ``values`` of ``COLUMNS`` but
-        the last, and the bytes sent (or None)."""
-        cr = self.cr
-        # one round trip, and one more for the commit
-        fast = "SET LOCAL synchronous_commit TO OFF;" if self.own else ""
-        if raw is None or len(raw) < LARGE:
-            cr.execute(fast + _INSERT, [*values, raw])
+        the last, and the bytes sent (or None). A failure undoes only this
+        record: on the ledger's own connection each statement is a
+        transaction of its own; in tests a savepoint keeps the test's."""
+        if self.own:
+            self._insert(values, raw)
         else:
-            cr.execute(fast + "SAVEPOINT ally_smtp_part")
-            cr.copy_expert(
+            with self.cr.savepoint(flush=False):
+                self._insert(values, raw)
+
+    def _insert(self, values, raw):
+        if raw is not None and len(raw) >= LARGE:
+            self.cr.copy_expert(
                 f"COPY ally_smtp_sent_copy_part ({COLUMNS}) FROM STDIN",
                 _CopyRow(values, raw),
                 size=1 << 18,
             )
-            cr.execute("RELEASE SAVEPOINT ally_smtp_part")
-        if self.own:
-            cr.commit()
-
-    def forget(self):
-        """Undo a failed ``record`` so that the ledger (and, in tests, the
-        send transaction) goes on."""
-        cr = self.cr
-        if self.own:
-            cr.rollback()
-        elif cr.connection.get_transaction_status() == TRANSACTION_STATUS_INERROR:
-            cr.execute(
-                "ROLLBACK TO SAVEPOINT ally_smtp_part; RELEASE SAVEPOINT ally_smtp_part"
-            )
+        else:
+            self.cr.execute(_INSERT, [*values, raw])
 
 
 class AllySmtpSentCopyPart(models.Model):
@@ -266,7 +256,6 @@ class AllySmtpSentCopyPart(models.Model):
             if keep:
                 ledger.stored.add(key)
         except Exception:
-            ledger.forget()
             _logger.exception(
                 "ally_smtp: whom %s reached was not recorded; the mail was sent",
                 message_id,
