@@ -109,6 +109,11 @@ class Ledger:
         try:
             self.cr.execute("SELECT pg_advisory_unlock_all(); RESET synchronous_commit")
             self.cr.connection.autocommit = False
+        except Exception:
+            # never back to the pool with its locks: closing the connection
+            # lets PostgreSQL release them
+            self.cr.connection.close()
+            raise
         finally:
             self.cr.close()
 
@@ -281,15 +286,21 @@ class AllySmtpSentCopyPart(models.Model):
 
     @api.autovacuum
     def _gc_reached(self):
-        """Forget whom mails reached once they are long sent (or gone)."""
+        """Forget whom mails reached once they are long sent (or gone), and
+        their copy, if any, is filed."""
         self.env.cr.execute(
             """DELETE FROM ally_smtp_sent_copy_part part
                 WHERE part.sent_at < %s
-                  AND (part.reached_only OR part.copy_id IS NOT NULL)
+                  AND (
+                      part.reached_only
+                      OR EXISTS (
+                          SELECT 1 FROM ally_smtp_sent_copy copy
+                           WHERE copy.id = part.copy_id
+                             AND copy.state IN ('done', 'skipped')))
                   AND NOT EXISTS (
                       SELECT 1 FROM mail_mail mail
                        WHERE mail.id = part.mail_id
-                         AND mail.state IN ('outgoing', 'exception'))""",
+                         AND mail.state IN ('outgoing', 'exception', 'cancel'))""",
             [fields.Datetime.now() - KEEP_REACHED],
         )
 
