@@ -117,22 +117,28 @@ class Ledger:
         finally:
             self.cr.close()
 
-    def claim(self, mail_ids):
+    def claim(self, mail_ids, hold=None):
         """The ids of ``mail_ids`` this worker sends now, in order.
 
         A mail is skipped when another worker holds its lock, or when its
         committed state says it is no longer queued (sent or failed by
         another worker since this one read it). A mail not committed yet
-        (created in this transaction) is this worker's own.
+        (created in this transaction) is this worker's own. The locks are
+        held until ``close()``, or with ``hold`` (a cursor) until its
+        transaction ends.
         """
         cr = self.cr
+        lock = "pg_try_advisory_lock"
+        if hold is not None:
+            cr, lock = hold, "pg_try_advisory_xact_lock"
         cr.execute(
-            "SELECT id FROM unnest(%s::int[]) AS id WHERE pg_try_advisory_lock(%s, id)",
+            f"SELECT id FROM unnest(%s::int[]) AS id WHERE {lock}(%s, id)",
             [list(mail_ids), SENDING_LOCK],
         )
-        # own ledger: each read below sees what was committed once the locks
-        # were taken
         locked = {row[0] for row in cr.fetchall()}
+        # on the ledger's own connection, each read below sees what was
+        # committed once the locks were taken
+        cr = self.cr
         cr.execute(
             "SELECT id FROM mail_mail WHERE id = ANY(%s) AND state != 'outgoing'",
             [list(locked)],

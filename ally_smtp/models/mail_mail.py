@@ -198,17 +198,14 @@ class MailMail(models.Model):
         batch = sending_batch_of(kwargs.get("mail_server"))
         if batch is None:
             return super()._send(*args, **kwargs)
+        hold = None if kwargs.get("auto_commit") else self.env.cr
         ledger = batch.ledger = Ledger(self.env)
         try:
-            mails = self.browse(ledger.claim(self.ids))
+            mails = self.browse(ledger.claim(self.ids, hold))
             return super(MailMail, mails)._send(*args, **kwargs)
         finally:
             batch.ledger = batch.mail_id = None
-            if kwargs.get("auto_commit") or not ledger.own:
-                ledger.close()
-            else:
-                self.env.cr.postcommit.add(ledger.close)
-                self.env.cr.postrollback.add(ledger.close)
+            ledger.close()
 
     def _prepare_outgoing_list(self, mail_server=False, **kwargs):
         """A mail of a personal mailbox sent again skips who it already reached.
