@@ -21,6 +21,12 @@ TRUST_FIELDS = SERVER_FIELDS | {
     "ally_smtp_verify_tls",
     "ally_smtp_auth_method",
 }
+# what an admin's Integrate checked: a change of any makes it unchecked again
+INTEGRATION_FIELDS = SERVER_FIELDS | {
+    "ally_smtp_imap_host",
+    "ally_smtp_imap_port",
+    "ally_smtp_verify_tls",
+}
 PROVIDERS = [
     ("gmail", "Gmail / Google Workspace"),
     ("microsoft365", "Microsoft 365"),
@@ -160,12 +166,8 @@ class ResCompany(models.Model):
     ally_smtp_oauth_refused = fields.Text(
         "OAuth app refused", readonly=True, groups="base.group_system"
     )
-    ally_smtp_integrated = fields.Boolean(
-        "Integrated", compute="_compute_ally_smtp_integrated", store=True
-    )
-    ally_smtp_integrated_at = fields.Datetime(
-        "Integrated on", compute="_compute_ally_smtp_integrated", store=True
-    )
+    ally_smtp_integrated = fields.Boolean("Integrated", readonly=True)
+    ally_smtp_integrated_at = fields.Datetime("Integrated on", readonly=True)
 
     @api.constrains(
         "ally_smtp_limit_minute",
@@ -307,20 +309,6 @@ class ResCompany(models.Model):
                 )
         return message
 
-    @api.depends(
-        "ally_smtp_enabled",
-        "ally_smtp_host",
-        "ally_smtp_port",
-        "ally_smtp_encryption",
-        "ally_smtp_imap_host",
-        "ally_smtp_imap_port",
-        "ally_smtp_verify_tls",
-    )
-    def _compute_ally_smtp_integrated(self):
-        """Any change of the server makes the integration unchecked again."""
-        self.ally_smtp_integrated = False
-        self.ally_smtp_integrated_at = False
-
     def write(self, vals):
         keys = {company: company._ally_smtp_server_key() for company in self}
         if OAUTH_FIELDS & vals.keys() or vals.get("ally_smtp_oauth_client_secret"):
@@ -329,6 +317,9 @@ class ResCompany(models.Model):
         else:
             refused = self.browse()
         result = super().write(vals)
+        if INTEGRATION_FIELDS & vals.keys() and "ally_smtp_integrated" not in vals:
+            # any change of the server makes the integration unchecked again
+            self._ally_smtp_set_integrated(False)
         if refused:  # an admin changed the app: its waiting mail goes again
             self.env["res.users"].sudo().search(
                 [("company_id", "in", refused.ids), ("ally_smtp_use_own", "=", True)]
@@ -345,7 +336,7 @@ class ResCompany(models.Model):
                 lambda u: keys[u.company_id] != u.company_id._ally_smtp_server_key()
             )
             if moved:
-                moved.write({"ally_smtp_state": "untested"})
+                moved._ally_smtp_set_state("untested")
                 _logger.info(
                     "ally_smtp: mail server changed; %s mailbox(es) wait for their "
                     "owner's Test",
@@ -365,12 +356,7 @@ class ResCompany(models.Model):
         self._ally_smtp_check_smtp()
         self._ally_smtp_check_imap()
         self._ally_smtp_check_oauth()
-        self.sudo().write(
-            {
-                "ally_smtp_integrated": True,
-                "ally_smtp_integrated_at": fields.Datetime.now(),
-            }
-        )
+        self._ally_smtp_set_integrated(True)
         return actions.notify(
             _(
                 "The agency's mail server %(host)s is integrated. Each user "
@@ -378,6 +364,15 @@ class ResCompany(models.Model):
                 host=self.ally_smtp_host,
             ),
             reload=True,
+        )
+
+    def _ally_smtp_set_integrated(self, integrated):
+        """The one writer of ``ally_smtp_integrated`` and its date."""
+        self.sudo().write(
+            {
+                "ally_smtp_integrated": integrated,
+                "ally_smtp_integrated_at": integrated and fields.Datetime.now(),
+            }
         )
 
     def _ally_smtp_fail(self, exc, host, port, login="", protocol="smtp"):

@@ -92,9 +92,9 @@ class ResUsers(models.Model):
             ("reconnect", "Reconnect needed"),
         ],
         "SMTP status",
-        compute="_compute_ally_smtp_state",
-        store=True,
+        default="off",
         copy=False,
+        readonly=True,
         prefetch="ally_smtp",
     )
     ally_smtp_last_error = fields.Text(
@@ -222,13 +222,13 @@ class ResUsers(models.Model):
                         max=MAX_PASSWORD,
                     )
                 )
-            user.sudo().write(
-                {
+            user._ally_smtp_set_state(
+                "untested",
+                values={
                     "ally_smtp_password_crypt": crypto.encrypt(self.env, password),
-                    "ally_smtp_state": "untested",
                     # given for the server configured now; a new one needs a Test
                     "ally_smtp_server_key": user.company_id._ally_smtp_server_key(),
-                }
+                },
             )
             _logger.info("ally_smtp: mailbox password changed for user %s", user.id)
 
@@ -251,12 +251,6 @@ class ResUsers(models.Model):
         for user in self:
             user.ally_smtp_password_set = bool(user.sudo().ally_smtp_password_crypt)
 
-    @api.depends("ally_smtp_use_own", "ally_smtp_email")
-    def _compute_ally_smtp_state(self):
-        """New credentials are untested; the test and the send path set the rest."""
-        for user in self:
-            user.ally_smtp_state = "untested" if user.ally_smtp_use_own else "off"
-
     @api.depends("company_id.ally_smtp_enabled", "company_id.ally_smtp_host")
     def _compute_ally_smtp_available(self):
         for user in self:
@@ -268,7 +262,11 @@ class ResUsers(models.Model):
             _normalize_address(vals)
             company = vals.get("company_id") or self.env.company.id
             self._ally_smtp_check_address_free(vals.get("ally_smtp_email"), company)
-        return super().create(vals_list)
+        users = super().create(vals_list)
+        for user, vals in zip(users, vals_list, strict=True):
+            if vals.get("ally_smtp_use_own") and "ally_smtp_state" not in vals:
+                user._ally_smtp_set_state("untested")
+        return users
 
     def write(self, vals):
         if SYSTEM_FIELDS & vals.keys() and not self.env.su:
@@ -288,6 +286,13 @@ class ResUsers(models.Model):
                 address, vals.get("company_id") or user.company_id.id, user
             )
         result = super().write(vals)
+        if {"ally_smtp_use_own", "ally_smtp_email"} & vals.keys() and (
+            "ally_smtp_state" not in vals
+        ):
+            # new credentials are untested; the Test and the send path say more
+            on = self.sudo().filtered("ally_smtp_use_own")
+            on._ally_smtp_set_state("untested")
+            (self.sudo() - on)._ally_smtp_set_state("off")
         if {"ally_smtp_use_own", "ally_smtp_email", "company_id", "name"} & vals.keys():
             self._ally_smtp_sync_server()
         return result
@@ -365,13 +370,7 @@ class ResUsers(models.Model):
     def _ally_smtp_stop(self, state, message, title):
         """No more logins until the user acts: note why, and tell them."""
         self.ensure_one()
-        self.sudo().write(
-            {
-                "ally_smtp_state": state,
-                "ally_smtp_last_error": message,
-                "ally_smtp_tested_at": fields.Datetime.now(),
-            }
-        )
+        self._ally_smtp_set_state(state, message, tested=True)
         self.env["bus.bus"]._sendone(
             self.partner_id,
             "simple_notification",
@@ -536,9 +535,7 @@ class ResUsers(models.Model):
                 oauth.revoke(self.env, token.provider, grant)
             token.unlink()
             _logger.info("ally_smtp: user %s disconnected their mailbox", self.id)
-        self.sudo().write(
-            {"ally_smtp_state": "untested", "ally_smtp_last_error": False}
-        )
+        self._ally_smtp_set_state("untested", error=False)
         return actions.notify(
             _("Your mailbox is disconnected. Odoo no longer sends from it."),
             reload=True,
@@ -649,12 +646,10 @@ class ResUsers(models.Model):
         grant = self.env["ally.smtp.oauth.token"]._ally_smtp_store(
             user, provider, tokens, account
         )
-        user.write(
-            {
-                "ally_smtp_state": "untested",
-                "ally_smtp_last_error": False,
-                "ally_smtp_server_key": company._ally_smtp_server_key(),
-            }
+        user._ally_smtp_set_state(
+            "untested",
+            error=False,
+            values={"ally_smtp_server_key": company._ally_smtp_server_key()},
         )
         _logger.info("ally_smtp: user %s connected their mailbox", self.id)
         try:
@@ -665,29 +660,15 @@ class ResUsers(models.Model):
         except (UserError, oauth.Problem) as exc:
             message = exc.args[0]
             kind = getattr(exc, "ally_smtp_kind", getattr(exc, "kind", None))
-            user.write(
-                {
-                    "ally_smtp_state": "reconnect"
-                    if kind == errors.RECONNECT
-                    else "failed"
-                    if kind == errors.AUTH
-                    else "untested",
-                    "ally_smtp_last_error": message,
-                    "ally_smtp_tested_at": fields.Datetime.now(),
-                }
-            )
+            user._ally_smtp_set_state(errors.state_after(kind), message, tested=True)
             return False, _(
                 "Connected as %(account)s, but the test failed: %(message)s",
                 account=account,
                 message=message,
             )
         user._ally_smtp_sync_server()
-        user.write(
-            {
-                "ally_smtp_state": "ok",
-                "ally_smtp_tested_at": fields.Datetime.now(),
-                "ally_smtp_sent_folder": folder,
-            }
+        user._ally_smtp_set_state(
+            "ok", tested=True, values={"ally_smtp_sent_folder": folder}
         )
         user._ally_smtp_release()
         return True, _(
@@ -710,26 +691,21 @@ class ResUsers(models.Model):
             folder = user._ally_smtp_probe()
         except UserError as exc:
             message = exc.args[0]
-            # Only a refused password stops sending; other failures (a timeout,
-            # no Sent folder) leave the mailbox usable but untested.
-            kind = getattr(exc, "ally_smtp_kind", None)
-            state = {errors.AUTH: "failed", errors.RECONNECT: "reconnect"}.get(
-                kind, "untested"
-            )
+            state = errors.state_after(getattr(exc, "ally_smtp_kind", None))
             # The UserError rolls the transaction back; keep the outcome anyway.
             self.env.cr.postrollback.add(
                 lambda: user._ally_smtp_record_after_rollback(state, message)
             )
             raise
         user._ally_smtp_sync_server()
-        user.write(
-            {
-                "ally_smtp_state": "ok",
+        user._ally_smtp_set_state(
+            "ok",
+            error=False,
+            tested=True,
+            values={
                 "ally_smtp_server_key": user.company_id._ally_smtp_server_key(),
-                "ally_smtp_last_error": False,
-                "ally_smtp_tested_at": fields.Datetime.now(),
                 "ally_smtp_sent_folder": folder,
-            }
+            },
         )
         if folder:
             message = _(
@@ -752,13 +728,26 @@ class ResUsers(models.Model):
 
     def _ally_smtp_record_after_rollback(self, state, message):
         with self.env.registry.cursor() as cr:
-            self.with_env(self.env(cr=cr)).write(
-                {
-                    "ally_smtp_state": state,
-                    "ally_smtp_last_error": message,
-                    "ally_smtp_tested_at": fields.Datetime.now(),
-                }
+            self.with_env(self.env(cr=cr))._ally_smtp_set_state(
+                state, message, tested=True
             )
+
+    def _ally_smtp_set_state(self, state, error=None, tested=False, values=None):
+        """The one writer of ``ally_smtp_state`` (a plain field: each change
+        of state is one of these calls, where it happens).
+
+        ``error`` is the ``ally_smtp_last_error`` to note (``False`` clears
+        it; ``None`` keeps it), ``tested`` notes now as the time of the Test
+        or sign-in that decided, and ``values`` are other mailbox fields
+        written with it.
+        """
+        values = dict(values or {}, ally_smtp_state=state)
+        if error is not None:
+            values["ally_smtp_last_error"] = error or False
+        if tested:
+            values["ally_smtp_tested_at"] = fields.Datetime.now()
+        if self:
+            self.sudo().write(values)
 
     @api.model
     def _ally_smtp_rotate_keys(self):
