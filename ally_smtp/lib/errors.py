@@ -7,8 +7,9 @@ import socket
 import ssl
 from datetime import timedelta
 
+from odoo.exceptions import UserError
+
 from .mailbox import FolderMissing, TooBig
-from .oauth import Problem
 from .pacing import DAY, HOUR
 
 # kinds drive the send path: stop using credentials, retry later, give up, or
@@ -34,6 +35,19 @@ KIND_STATES = {AUTH: "failed", RECONNECT: "reconnect"}
 def state_after(kind):
     """The ``ally_smtp_state`` a failure of ``kind`` leaves the mailbox in."""
     return KIND_STATES.get(kind, "untested")
+
+
+class MailboxError(UserError):
+    """A mailbox, or signing in to it, failed: ``kind`` (one of the kinds
+    above) says what follows, ``message`` tells the user what to do.
+
+    A ``UserError``: raised from a button, its message is what the user sees.
+    """
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
 
 
 # Replies that mean "this mailbox sent too much": (status code, words that must
@@ -96,7 +110,7 @@ def quota_window(reply):
 
 def pause_window(exc):
     """The window an exception from an SMTP server asks to wait, or None."""
-    if isinstance(exc, Problem):  # an OAuth sign-in: its message says it all
+    if isinstance(exc, MailboxError):  # already judged: its message says it all
         return exc.kind, exc.message
     if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
         code, text = next(iter(exc.recipients.values()))
@@ -119,7 +133,7 @@ def classify(env, exc, host="", port=0, login="", protocol="smtp"):
     ``protocol`` ("smtp" or "imap") picks the port advice: an IMAP server is
     reached on 993 (SSL/TLS), never on SMTP's 465/587.
     """
-    if isinstance(exc, Problem):  # an OAuth sign-in: its message says it all
+    if isinstance(exc, MailboxError):  # already judged: its message says it all
         return exc.kind, exc.message
     if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
         # every recipient refused: classify the first reply

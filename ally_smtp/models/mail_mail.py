@@ -40,9 +40,11 @@ class _RetriesQuietly(logging.Filter):
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, AllySmtpDeliveryError) and getattr(
-            exc, "ally_smtp_kind", None
-        ) in (errors.TEMPORARY, *errors.QUOTA_KINDS, *errors.WAITING_KINDS):
+        if isinstance(exc, AllySmtpDeliveryError) and exc.kind in (
+            errors.TEMPORARY,
+            *errors.QUOTA_KINDS,
+            *errors.WAITING_KINDS,
+        ):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
         return True

@@ -378,9 +378,7 @@ class ResCompany(models.Model):
     def _ally_smtp_fail(self, exc, host, port, login="", protocol="smtp"):
         kind, message = errors.classify(self.env, exc, host, port, login, protocol)
         _logger.info("ally_smtp: %s:%s refused: %s", host, port, exc)
-        error = UserError(message)
-        error.ally_smtp_kind = kind  # a refused password stops sending
-        raise error from None
+        raise errors.MailboxError(kind, message) from None
 
     def _ally_smtp_check_smtp(self):
         host, port = self.ally_smtp_host.strip(), self.ally_smtp_port

@@ -657,10 +657,11 @@ class ResUsers(models.Model):
                 # tested with the token just received: the grant is not
                 # committed yet, so no transaction of its own may renew it
                 folder = user.with_context(**{RECEIVED: grant.id})._ally_smtp_probe()
-        except (UserError, oauth.Problem) as exc:
-            message = exc.args[0]
-            kind = getattr(exc, "ally_smtp_kind", getattr(exc, "kind", None))
-            user._ally_smtp_set_state(errors.state_after(kind), message, tested=True)
+        except errors.MailboxError as exc:
+            message = exc.message
+            user._ally_smtp_set_state(
+                errors.state_after(exc.kind), message, tested=True
+            )
             return False, _(
                 "Connected as %(account)s, but the test failed: %(message)s",
                 account=account,
@@ -689,9 +690,9 @@ class ResUsers(models.Model):
         user = self.sudo()
         try:
             folder = user._ally_smtp_probe()
-        except UserError as exc:
-            message = exc.args[0]
-            state = errors.state_after(getattr(exc, "ally_smtp_kind", None))
+        except errors.MailboxError as exc:
+            message = exc.message
+            state = errors.state_after(exc.kind)
             # The UserError rolls the transaction back; keep the outcome anyway.
             self.env.cr.postrollback.add(
                 lambda: user._ally_smtp_record_after_rollback(state, message)
@@ -882,14 +883,22 @@ class ResUsers(models.Model):
             ) from None
 
     def _ally_smtp_probe(self):
-        """Log in to SMTP (MAIL FROM/RCPT TO then RSET) and IMAP; return Sent."""
+        """Log in to SMTP (MAIL FROM/RCPT TO then RSET) and IMAP; return Sent.
+
+        Every failure is an ``errors.MailboxError`` whose kind says what it
+        makes of the mailbox.
+        """
         company = self.company_id
         if not (self.ally_smtp_use_own and company._ally_smtp_ready()):
-            raise UserError(_("Turn on 'Use my own SMTP configuration' first."))
+            raise errors.MailboxError(
+                errors.CONFIG, _("Turn on 'Use my own SMTP configuration' first.")
+            )
         if not self.ally_smtp_email:
-            raise UserError(_("Enter your SMTP email first."))
+            raise errors.MailboxError(errors.CONFIG, _("Enter your SMTP email first."))
         if company._ally_smtp_oauth() and not self._ally_smtp_oauth_token():
-            raise UserError(self._ally_smtp_oauth_token()._disconnected())
+            raise errors.MailboxError(
+                errors.CONFIG, self._ally_smtp_oauth_token()._disconnected()
+            )
         login = self.ally_smtp_email.strip()
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
@@ -915,11 +924,12 @@ class ResUsers(models.Model):
         except Exception as exc:  # noqa: BLE001
             company._ally_smtp_fail(exc, host, port, login, protocol="imap")
         if not folder:
-            raise UserError(
+            raise errors.MailboxError(
+                errors.TEMPORARY,
                 _(
                     "Signing in works, but no Sent folder was found in your mailbox. "
                     "Create a folder named 'Sent' in your webmail."
-                )
+                ),
             )
         return folder
 
