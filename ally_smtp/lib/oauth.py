@@ -64,7 +64,12 @@ class OAuthError(Exception):
 
 class Problem(MailboxError):
     """No usable token now; ``kind`` (a ``lib.errors`` kind) says what follows
-    and ``message`` tells the user what to do."""
+    and ``message`` tells the user what to do. ``error`` is the token
+    endpoint's OAuth error, if it answered one."""
+
+    def __init__(self, kind, message, error=""):
+        super().__init__(kind, message)
+        self.error = error
 
 
 class Unreachable(Exception):

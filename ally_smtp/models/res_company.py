@@ -1,3 +1,4 @@
+import contextlib
 import logging
 
 from odoo import _, api, fields, models
@@ -276,6 +277,74 @@ class ResCompany(models.Model):
         self.ensure_one()
         return self.sudo().ally_smtp_oauth_refused or False
 
+    def _ally_smtp_token_request(self, provider, note_refusal=True, **data):
+        """``oauth.token_request`` with the agency's app; a failure is an
+        ``oauth.Problem`` (see ``_ally_smtp_token_errors``)."""
+        self.ensure_one()
+        client_id, secret = self._ally_smtp_oauth_client()
+        with self._ally_smtp_token_errors(provider, note_refusal):
+            return oauth.token_request(
+                self.env,
+                provider,
+                self.ally_smtp_oauth_tenant,
+                client_id,
+                secret,
+                **data,
+            )
+
+    @contextlib.contextmanager
+    def _ally_smtp_token_errors(self, provider, note_refusal=True):
+        """What the sign-in service answered, judged in one place: inside
+        this block, ``oauth.Unreachable`` and ``oauth.OAuthError`` become an
+        ``oauth.Problem`` whose kind says what follows.
+
+        ``ADMIN``: the provider refused the agency's app, noted for the
+        administrators unless ``note_refusal`` is False (an administrator is
+        checking it); ``RECONNECT``: the user's grant is gone; ``TEMPORARY``:
+        anything else (no answer, 5xx, 429, ``temporarily_unavailable``).
+        """
+        _ = self.env._
+        name = self.env["ally.smtp.oauth.token"]._provider_name(provider)
+        try:
+            yield
+        except oauth.Unreachable as exc:
+            raise oauth.Problem(
+                errors.TEMPORARY,
+                _(
+                    "The sign-in service of %(provider)s did not answer (%(detail)s).",
+                    provider=name,
+                    detail=str(exc),
+                ),
+            ) from None
+        except oauth.OAuthError as exc:
+            if exc.error in oauth.CLIENT_REFUSED:
+                kind = errors.ADMIN
+                message = (
+                    self._ally_smtp_oauth_client_refused(exc)
+                    if note_refusal
+                    else _(
+                        "%(provider)s refused the client ID or client secret "
+                        "(%(error)s). Copy them again from the app you registered.",
+                        provider=name,
+                        error=exc.error,
+                    )
+                )
+            elif exc.error in oauth.GRANT_GONE:
+                kind = errors.RECONNECT
+                message = _(
+                    "%(provider)s no longer accepts this sign-in (%(error)s).",
+                    provider=name,
+                    error=exc.error,
+                )
+            else:
+                kind = errors.TEMPORARY
+                message = _(
+                    "The sign-in service of %(provider)s answered %(error)s.",
+                    provider=name,
+                    error=str(exc),
+                )
+            raise oauth.Problem(kind, message, exc.error) from None
+
     def _ally_smtp_oauth_client_refused(self, exc):
         """The provider refused the app itself: an admin's problem, said once."""
         message = _(
@@ -421,46 +490,16 @@ class ResCompany(models.Model):
         provider = self._ally_smtp_oauth()
         if not provider:
             return
-        client_id, secret = self._ally_smtp_oauth_client()
         try:
-            oauth.token_request(
-                self.env,
+            self._ally_smtp_token_request(
                 provider,
-                self.ally_smtp_oauth_tenant,
-                client_id,
-                secret,
+                note_refusal=False,
                 grant_type="refresh_token",
                 refresh_token="ally-smtp-integration-check",
             )
-        except oauth.Unreachable as exc:
-            raise UserError(
-                _(
-                    "The sign-in service of %(provider)s did not answer (%(detail)s). "
-                    "Try again in a moment.",
-                    provider=dict(AUTH_METHODS)[provider],
-                    detail=str(exc),
-                )
-            ) from None
-        except oauth.OAuthError as exc:
-            if exc.error in oauth.CLIENT_REFUSED:
-                raise UserError(
-                    _(
-                        "%(provider)s refused the client ID or client secret "
-                        "(%(error)s). Copy them again from the app you registered.",
-                        provider=dict(AUTH_METHODS)[provider],
-                        error=exc.error,
-                    )
-                ) from None
+        except oauth.Problem as exc:
             if exc.error != "invalid_grant":
-                raise UserError(
-                    _(
-                        "%(provider)s answered %(error)s: %(detail)s. Check the app "
-                        "registration and the tenant.",
-                        provider=dict(AUTH_METHODS)[provider],
-                        error=exc.error,
-                        detail=exc.description,
-                    )
-                ) from None
+                raise  # a UserError: what the admin reads
         except ValueError as exc:  # an http:// endpoint that is not loopback
             raise UserError(str(exc)) from None
 

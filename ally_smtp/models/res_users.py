@@ -588,33 +588,20 @@ class ResUsers(models.Model):
             return False, _(
                 "The sign-in method changed meanwhile. Press Connect again."
             )
-        client_id, secret = company._ally_smtp_oauth_client()
         try:
-            tokens = oauth.token_request(
-                self.env,
+            tokens = company._ally_smtp_token_request(
                 provider,
-                company.ally_smtp_oauth_tenant,
-                client_id,
-                secret,
                 grant_type="authorization_code",
                 code=code,
                 redirect_uri=redirect_uri,
                 code_verifier=pending["verifier"],
             )
-            account, verified = oauth.signed_in_account(self.env, provider, tokens)
-        except oauth.Unreachable as exc:
-            return False, _(
-                "The sign-in service did not answer (%(detail)s). Press Connect "
-                "again in a moment.",
-                detail=str(exc),
-            )
-        except oauth.OAuthError as exc:
-            if exc.error in oauth.CLIENT_REFUSED:
-                return False, company._ally_smtp_oauth_client_refused(exc)
-            return False, _(
-                "The sign-in was not accepted (%(error)s). Press Connect again.",
-                error=exc.error,
-            )
+            with company._ally_smtp_token_errors(provider):
+                account, verified = oauth.signed_in_account(self.env, provider, tokens)
+        except oauth.Problem as exc:
+            if exc.kind == errors.ADMIN:  # the administrators are told
+                return False, exc.message
+            return False, _("%(problem)s Press Connect again.", problem=exc.message)
         claims = oauth.id_token_claims(tokens.get("id_token") or "")
         expected = user.ally_smtp_email.strip().lower()
         if (
