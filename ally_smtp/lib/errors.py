@@ -110,14 +110,18 @@ def quota_window(reply):
 
 def pause_window(exc):
     """The window an exception from an SMTP server asks to wait, or None."""
-    if isinstance(exc, MailboxError):  # already judged: its message says it all
-        return exc.kind, exc.message
-    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
-        code, text = next(iter(exc.recipients.values()))
-        exc = smtplib.SMTPResponseException(code, text)
+    exc = _as_reply(exc)
     if isinstance(exc, smtplib.SMTPResponseException):
         return quota_window(_reply(exc))
     return None
+
+
+def _as_reply(exc):
+    """Every recipient refused: the first reply stands for them all."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        code, text = next(iter(exc.recipients.values()))
+        return smtplib.SMTPResponseException(code, text)
+    return exc
 
 
 def _reply(exc):
@@ -135,10 +139,7 @@ def classify(env, exc, host="", port=0, login="", protocol="smtp"):
     """
     if isinstance(exc, MailboxError):  # already judged: its message says it all
         return exc.kind, exc.message
-    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
-        # every recipient refused: classify the first reply
-        code, text = next(iter(exc.recipients.values()))
-        exc = smtplib.SMTPResponseException(code, text)
+    exc = _as_reply(exc)
     if isinstance(exc, smtplib.SMTPResponseException):
         return _classify_reply(env, exc, host, login)
     if isinstance(exc, smtplib.SMTPException | imaplib.IMAP4.error):

@@ -418,8 +418,7 @@ class ResCompany(models.Model):
     def action_ally_smtp_integrate(self):
         """Check that the SMTP and IMAP servers answer as configured."""
         self.ensure_one()
-        if not self.env.user.has_group("base.group_system"):
-            raise UserError(_("Only a settings administrator can do this."))
+        actions.check_settings_admin(self.env)
         if not self.ally_smtp_enabled:
             raise UserError(_("Turn on 'Agency email (SMTP)' first."))
         self._ally_smtp_check_smtp()

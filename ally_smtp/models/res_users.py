@@ -394,8 +394,7 @@ class ResUsers(models.Model):
 
     def action_ally_smtp_resume(self):
         """Admins: send a paused mailbox's waiting mail now."""
-        if not self.env.user.has_group("base.group_system"):
-            raise AccessError(_("Only a settings administrator can do this."))
+        actions.check_settings_admin(self.env)
         users = self.sudo()
         users.write({"ally_smtp_paused_until": False, "ally_smtp_pause_reason": False})
         users._ally_smtp_release()

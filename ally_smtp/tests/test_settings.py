@@ -1,6 +1,6 @@
 """Agency integration: presets, the Integrate button, bad input."""
 
-from odoo.exceptions import UserError, ValidationError
+from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tests import Form, tagged
 
 from ..lib.providers import PRESETS
@@ -102,7 +102,7 @@ class TestSettings(AllySmtpCase):
         self.assertTrue(self.company.ally_smtp_integrated)
 
     def test_integrate_needs_settings_admin(self):
-        with self.assertRaises(UserError):
+        with self.assertRaises(AccessError):
             self.company.with_user(self.alice).action_ally_smtp_integrate()
 
     def test_bad_input_is_rejected(self):
