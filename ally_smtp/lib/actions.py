@@ -1,4 +1,12 @@
-"""Client actions the buttons return."""
+"""Client actions the buttons return, and who may press them."""
+
+from odoo.exceptions import AccessError
+
+
+def check_settings_admin(env):
+    """Buttons that act for the whole agency are a settings administrator's."""
+    if not env.user.has_group("base.group_system"):
+        raise AccessError(env._("Only a settings administrator can do this."))
 
 
 def notify(message, title=None, reload=False):

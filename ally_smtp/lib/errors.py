@@ -7,8 +7,9 @@ import socket
 import ssl
 from datetime import timedelta
 
+from odoo.exceptions import UserError
+
 from .mailbox import FolderMissing, TooBig
-from .oauth import Problem
 from .pacing import DAY, HOUR
 
 # kinds drive the send path: stop using credentials, retry later, give up, or
@@ -25,6 +26,29 @@ QUOTA_KINDS = (QUOTA, QUOTA_UNSURE)
 # the mail waits for them without counting an attempt
 RECONNECT, ADMIN = "reconnect", "admin"
 WAITING_KINDS = (QUOTA, RECONNECT, ADMIN)
+# what a failed Test or sign-in makes of the mailbox's state (res.users
+# ``ally_smtp_state``): only a refused password or a lost grant stops its use;
+# any other failure (a timeout, no Sent folder) leaves it usable but untested
+KIND_STATES = {AUTH: "failed", RECONNECT: "reconnect"}
+
+
+def state_after(kind):
+    """The ``ally_smtp_state`` a failure of ``kind`` leaves the mailbox in."""
+    return KIND_STATES.get(kind, "untested")
+
+
+class MailboxError(UserError):
+    """A mailbox, or signing in to it, failed: ``kind`` (one of the kinds
+    above) says what follows, ``message`` tells the user what to do.
+
+    A ``UserError``: raised from a button, its message is what the user sees.
+    """
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
 
 # Replies that mean "this mailbox sent too much": (status code, words that must
 # all appear, lower case; the window that must reopen). First match wins.
@@ -86,14 +110,18 @@ def quota_window(reply):
 
 def pause_window(exc):
     """The window an exception from an SMTP server asks to wait, or None."""
-    if isinstance(exc, Problem):  # an OAuth sign-in: its message says it all
-        return exc.kind, exc.message
-    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
-        code, text = next(iter(exc.recipients.values()))
-        exc = smtplib.SMTPResponseException(code, text)
+    exc = _as_reply(exc)
     if isinstance(exc, smtplib.SMTPResponseException):
         return quota_window(_reply(exc))
     return None
+
+
+def _as_reply(exc):
+    """Every recipient refused: the first reply stands for them all."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        code, text = next(iter(exc.recipients.values()))
+        return smtplib.SMTPResponseException(code, text)
+    return exc
 
 
 def _reply(exc):
@@ -109,12 +137,9 @@ def classify(env, exc, host="", port=0, login="", protocol="smtp"):
     ``protocol`` ("smtp" or "imap") picks the port advice: an IMAP server is
     reached on 993 (SSL/TLS), never on SMTP's 465/587.
     """
-    if isinstance(exc, Problem):  # an OAuth sign-in: its message says it all
+    if isinstance(exc, MailboxError):  # already judged: its message says it all
         return exc.kind, exc.message
-    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
-        # every recipient refused: classify the first reply
-        code, text = next(iter(exc.recipients.values()))
-        exc = smtplib.SMTPResponseException(code, text)
+    exc = _as_reply(exc)
     if isinstance(exc, smtplib.SMTPResponseException):
         return _classify_reply(env, exc, host, login)
     if isinstance(exc, smtplib.SMTPException | imaplib.IMAP4.error):

@@ -16,6 +16,8 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
+from .errors import MailboxError
+
 GOOGLE, MICROSOFT = "google", "microsoft"
 BASE_URLS = {
     GOOGLE: "https://accounts.google.com",
@@ -60,14 +62,14 @@ class OAuthError(Exception):
         self.status = status
 
 
-class Problem(Exception):
+class Problem(MailboxError):
     """No usable token now; ``kind`` (a ``lib.errors`` kind) says what follows
-    and ``message`` tells the user what to do."""
+    and ``message`` tells the user what to do. ``error`` is the token
+    endpoint's OAuth error, if it answered one."""
 
-    def __init__(self, kind, message):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+    def __init__(self, kind, message, error=""):
+        super().__init__(kind, message)
+        self.error = error
 
 
 class Unreachable(Exception):

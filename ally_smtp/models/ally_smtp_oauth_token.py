@@ -167,52 +167,29 @@ class AllySmtpOAuthToken(models.Model):
             return tokens["access_token"], True  # the same, after a refusal
         user = self.user_id
         company = user.company_id.sudo()
+        problem = company._ally_smtp_oauth_problem()
+        if problem:
+            raise oauth.Problem(errors.ADMIN, problem)
         try:
-            problem = company._ally_smtp_oauth_problem()
-            if problem:
-                raise oauth.Problem(errors.ADMIN, problem)
-            client_id, secret = company._ally_smtp_oauth_client()
-            new = oauth.token_request(
-                self.env,
+            new = company._ally_smtp_token_request(
                 self.provider,
-                company.ally_smtp_oauth_tenant,
-                client_id,
-                secret,
                 grant_type="refresh_token",
                 refresh_token=tokens["refresh_token"],
             )
-        except oauth.Unreachable as exc:
+        except oauth.Problem as exc:
             _logger.info(
-                "ally_smtp: token endpoint unreachable for user %s: %s", user.id, exc
+                "ally_smtp: token refresh for user %s failed: %s", user.id, exc.message
             )
-            raise oauth.Problem(
-                errors.TEMPORARY,
-                self.env._(
-                    "The sign-in service of %(provider)s did not answer (%(detail)s). "
-                    "The mail waits and is tried again.",
-                    provider=self._provider_name(),
-                    detail=str(exc),
-                ),
-            ) from None
-        except oauth.OAuthError as exc:
-            _logger.info(
-                "ally_smtp: token refresh refused for user %s: %s", user.id, exc.error
-            )
-            if exc.error in oauth.CLIENT_REFUSED:
-                message = company._ally_smtp_oauth_client_refused(exc)
-                raise oauth.Problem(errors.ADMIN, message) from None
-            if exc.error in oauth.GRANT_GONE:
+            if exc.kind == errors.RECONNECT:
                 message = self._ally_smtp_break(exc.error, own_transaction=False)
                 raise oauth.Problem(errors.RECONNECT, message) from None
-            raise oauth.Problem(  # 429, temporarily_unavailable, ...
-                errors.TEMPORARY,
-                self.env._(
-                    "The sign-in service of %(provider)s did not answer (%(detail)s). "
-                    "The mail waits and is tried again.",
-                    provider=self._provider_name(),
-                    detail=exc.error,
-                ),
-            ) from None
+            if exc.kind == errors.TEMPORARY:
+                message = self.env._(
+                    "%(problem)s The mail waits and is tried again.",
+                    problem=exc.message,
+                )
+                raise oauth.Problem(errors.TEMPORARY, message) from None
+            raise
         # Microsoft sends a new refresh token each time; Google keeps the old
         new.setdefault("refresh_token", tokens["refresh_token"])
         self.write(
@@ -253,9 +230,11 @@ class AllySmtpOAuthToken(models.Model):
         self.sudo().write({"broken": message})
         return message
 
-    def _provider_name(self):
+    def _provider_name(self, provider=None):
+        """The name of ``provider`` (by default this grant's) as users read it."""
+        provider = provider or self.provider
         return dict(self._fields["provider"]._description_selection(self.env)).get(
-            self.provider, self.provider
+            provider, provider
         )
 
     def _disconnected(self):

@@ -16,8 +16,8 @@ from .ally_smtp_sent_copy_part import WAKE_EVERY, _testing
 
 _logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 8
-FIRST_DELAY = timedelta(minutes=2)
+FILING_MAX_ATTEMPTS = 8
+FILING_FIRST_DELAY = timedelta(minutes=2)
 KEEP_DONE = timedelta(days=7)
 # a message is filed once none of its mail.mail chunks waits to be sent, or
 # when its first chunk left this long ago (a chunk stuck in the queue)
@@ -506,7 +506,7 @@ class AllySmtpSentCopy(models.Model):
             interrupted = {r[0] for r in rows if r[1] == "filing"}
             for copy_id, state, attempts in rows:
                 copy = self.browse(copy_id)
-                if state == "filing" and attempts >= MAX_ATTEMPTS:
+                if state == "filing" and attempts >= FILING_MAX_ATTEMPTS:
                     copy._ally_smtp_tired()
                 else:
                     copies |= copy
@@ -519,7 +519,7 @@ class AllySmtpSentCopy(models.Model):
                     copy.id: {
                         "state": "filing",
                         "attempts": attempts[copy.id] + 1,
-                        "next_try": now + FIRST_DELAY * 2 ** attempts[copy.id],
+                        "next_try": now + FILING_FIRST_DELAY * 2 ** attempts[copy.id],
                         "verify": copy.verify or copy.id in interrupted,
                     }
                     for copy in copies
@@ -665,7 +665,7 @@ class AllySmtpSentCopy(models.Model):
         _logger.info("ally_smtp: Sent copy for user %s delayed: %s", user.id, exc)
         self.invalidate_recordset()
         for copy in self.filtered(lambda c: c.state == "filing"):
-            given_up = kind == errors.PERMANENT or copy.attempts >= MAX_ATTEMPTS
+            given_up = kind == errors.PERMANENT or copy.attempts >= FILING_MAX_ATTEMPTS
             if given_up:
                 _logger.warning(
                     "ally_smtp: Sent copy %s for user %s not filed: %s",
@@ -693,7 +693,7 @@ class AllySmtpSentCopy(models.Model):
                 ("state", "=", "pending"),
                 ("next_try", "<=", now),
             ]
-        ).write({"next_try": now + FIRST_DELAY, "last_error": message})
+        ).write({"next_try": now + FILING_FIRST_DELAY, "last_error": message})
 
     def _ally_smtp_load(self, part_id, size, head):
         """The bytes to file: as sent, with every recipient in To and Cc.

@@ -13,7 +13,7 @@ _logger = logging.getLogger(__name__)
 
 # above this size the message is streamed to the database (COPY) instead of
 # being passed as one query parameter, which psycopg2 escapes into 4-8 copies
-LARGE = 512 * 1024
+COPY_LARGE = 512 * 1024
 # pg_try_advisory_lock(SENDING_LOCK, mail id), held by the ledger's connection
 # while a worker sends that mail: no other worker sends it at the same time
 SENDING_LOCK = zlib.crc32(b"ally_smtp.sending") & 0x7FFFFFFF
@@ -176,7 +176,7 @@ class Ledger:
                 self._insert(values, raw)
 
     def _insert(self, values, raw):
-        if raw is not None and len(raw) >= LARGE:
+        if raw is not None and len(raw) >= COPY_LARGE:
             self.cr.copy_expert(
                 f"COPY ally_smtp_sent_copy_part ({COLUMNS}) FROM STDIN",
                 _CopyRow(values, raw),

@@ -88,7 +88,12 @@ def check_mail_server(records):
 
 
 class AllySmtpDeliveryError(MailDeliveryException):
-    """A personal mailbox failed; its text says what to fix."""
+    """A personal mailbox failed; its text says what to fix, its ``kind``
+    (a ``lib.errors`` kind) what follows."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _failed(user, kind, message, exc=None):
@@ -103,9 +108,7 @@ def _failed(user, kind, message, exc=None):
         user._ally_smtp_reconnect_needed(message)
     if kind in errors.QUOTA_KINDS and exc is not None:
         user._ally_smtp_pause(errors.pause_window(exc), message)
-    error = AllySmtpDeliveryError(message)
-    error.ally_smtp_kind = kind
-    return error
+    return AllySmtpDeliveryError(kind, message)
 
 
 class IrMailServer(models.Model):

@@ -10,7 +10,7 @@ from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted, sending_ba
 
 _logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 5
+SEND_MAX_ATTEMPTS = 5
 CONTENT_FIELDS = {
     "author_id",
     "attachment_ids",
@@ -27,9 +27,26 @@ CONTENT_FIELDS = {
     "reply_to",
     "subject",
 }
-FIRST_DELAY = timedelta(minutes=5)
+SEND_FIRST_DELAY = timedelta(minutes=5)
 # pg_try_advisory_xact_lock(PACING_LOCK, user id): one worker paces a mailbox
 PACING_LOCK = 0x41534D54
+
+
+def note_foreign_edit(records, vals):
+    """Mark the mail of ``records`` (``mail.mail`` or ``mail.message``) that
+    someone but its author is changing with ``vals``: it is not the author's
+    own mail any more, and never leaves from the author's mailbox."""
+    if records.env.su or not CONTENT_FIELDS & vals.keys():
+        return
+    foreign = records.sudo().filtered(lambda r: r.create_uid != records.env.user)
+    if foreign and foreign._name == "mail.message":
+        foreign = (
+            records.env["mail.mail"]
+            .sudo()
+            .search([("mail_message_id", "in", foreign.ids)])
+        )
+    if foreign:
+        foreign.write({"ally_smtp_foreign_edit": True})
 
 
 class _RetriesQuietly(logging.Filter):
@@ -40,9 +57,11 @@ class _RetriesQuietly(logging.Filter):
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, AllySmtpDeliveryError) and getattr(
-            exc, "ally_smtp_kind", None
-        ) in (errors.TEMPORARY, *errors.QUOTA_KINDS, *errors.WAITING_KINDS):
+        if isinstance(exc, AllySmtpDeliveryError) and exc.kind in (
+            errors.TEMPORARY,
+            *errors.QUOTA_KINDS,
+            *errors.WAITING_KINDS,
+        ):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
         return True
@@ -68,16 +87,9 @@ class MailMail(models.Model):
     )
 
     def write(self, vals):
-        if CONTENT_FIELDS & vals.keys():
-            self._ally_smtp_note_foreign_edit()
+        """A mail someone but its author changes is not the author's own."""
+        note_foreign_edit(self, vals)
         return super().write(vals)
-
-    def _ally_smtp_note_foreign_edit(self):
-        if self.env.su:
-            return
-        foreign = self.sudo().filtered(lambda m: m.create_uid != self.env.user)
-        if foreign:
-            foreign.write({"ally_smtp_foreign_edit": True})
 
     def mark_outgoing(self):
         """A mail retried by hand gets its automatic attempts back."""
@@ -372,7 +384,7 @@ class MailMail(models.Model):
                 )
             )
             retry = temporary.filtered(
-                lambda mail: mail.ally_smtp_attempts + 1 < MAX_ATTEMPTS
+                lambda mail: mail.ally_smtp_attempts + 1 < SEND_MAX_ATTEMPTS
             )
             tired = temporary - retry
         if retry:
@@ -406,7 +418,7 @@ class MailMail(models.Model):
     def _ally_smtp_retry_later(self):
         cron = self.env.ref("mail.ir_cron_mail_scheduler_action")
         for mail in self.sudo():
-            when = fields.Datetime.now() + FIRST_DELAY * 2**mail.ally_smtp_attempts
+            when = fields.Datetime.now() + SEND_FIRST_DELAY * 2**mail.ally_smtp_attempts
             mail.write(
                 {
                     "state": "outgoing",

@@ -1,7 +1,7 @@
 from odoo import api, models
 
 from .ir_mail_server import check_mail_server
-from .mail_mail import CONTENT_FIELDS
+from .mail_mail import note_foreign_edit
 
 
 class MailMessage(models.Model):
@@ -13,10 +13,5 @@ class MailMessage(models.Model):
 
     def write(self, vals):
         """A message someone but its author changes is not the author's own."""
-        if CONTENT_FIELDS & vals.keys() and not self.env.su:
-            foreign = self.sudo().filtered(lambda m: m.create_uid != self.env.user)
-            if foreign:
-                self.env["mail.mail"].sudo().search(
-                    [("mail_message_id", "in", foreign.ids)]
-                ).ally_smtp_foreign_edit = True
+        note_foreign_edit(self, vals)
         return super().write(vals)

@@ -1,3 +1,4 @@
+import contextlib
 import logging
 
 from odoo import _, api, fields, models
@@ -20,6 +21,12 @@ TRUST_FIELDS = SERVER_FIELDS | {
     "ally_smtp_imap_host",
     "ally_smtp_verify_tls",
     "ally_smtp_auth_method",
+}
+# what an admin's Integrate checked: a change of any makes it unchecked again
+INTEGRATION_FIELDS = SERVER_FIELDS | {
+    "ally_smtp_imap_host",
+    "ally_smtp_imap_port",
+    "ally_smtp_verify_tls",
 }
 PROVIDERS = [
     ("gmail", "Gmail / Google Workspace"),
@@ -160,12 +167,8 @@ class ResCompany(models.Model):
     ally_smtp_oauth_refused = fields.Text(
         "OAuth app refused", readonly=True, groups="base.group_system"
     )
-    ally_smtp_integrated = fields.Boolean(
-        "Integrated", compute="_compute_ally_smtp_integrated", store=True
-    )
-    ally_smtp_integrated_at = fields.Datetime(
-        "Integrated on", compute="_compute_ally_smtp_integrated", store=True
-    )
+    ally_smtp_integrated = fields.Boolean("Integrated", readonly=True)
+    ally_smtp_integrated_at = fields.Datetime("Integrated on", readonly=True)
 
     @api.constrains(
         "ally_smtp_limit_minute",
@@ -274,6 +277,74 @@ class ResCompany(models.Model):
         self.ensure_one()
         return self.sudo().ally_smtp_oauth_refused or False
 
+    def _ally_smtp_token_request(self, provider, note_refusal=True, **data):
+        """``oauth.token_request`` with the agency's app; a failure is an
+        ``oauth.Problem`` (see ``_ally_smtp_token_errors``)."""
+        self.ensure_one()
+        client_id, secret = self._ally_smtp_oauth_client()
+        with self._ally_smtp_token_errors(provider, note_refusal):
+            return oauth.token_request(
+                self.env,
+                provider,
+                self.ally_smtp_oauth_tenant,
+                client_id,
+                secret,
+                **data,
+            )
+
+    @contextlib.contextmanager
+    def _ally_smtp_token_errors(self, provider, note_refusal=True):
+        """What the sign-in service answered, judged in one place: inside
+        this block, ``oauth.Unreachable`` and ``oauth.OAuthError`` become an
+        ``oauth.Problem`` whose kind says what follows.
+
+        ``ADMIN``: the provider refused the agency's app, noted for the
+        administrators unless ``note_refusal`` is False (an administrator is
+        checking it); ``RECONNECT``: the user's grant is gone; ``TEMPORARY``:
+        anything else (no answer, 5xx, 429, ``temporarily_unavailable``).
+        """
+        _ = self.env._
+        name = self.env["ally.smtp.oauth.token"]._provider_name(provider)
+        try:
+            yield
+        except oauth.Unreachable as exc:
+            raise oauth.Problem(
+                errors.TEMPORARY,
+                _(
+                    "The sign-in service of %(provider)s did not answer (%(detail)s).",
+                    provider=name,
+                    detail=str(exc),
+                ),
+            ) from None
+        except oauth.OAuthError as exc:
+            if exc.error in oauth.CLIENT_REFUSED:
+                kind = errors.ADMIN
+                message = (
+                    self._ally_smtp_oauth_client_refused(exc)
+                    if note_refusal
+                    else _(
+                        "%(provider)s refused the client ID or client secret "
+                        "(%(error)s). Copy them again from the app you registered.",
+                        provider=name,
+                        error=exc.error,
+                    )
+                )
+            elif exc.error in oauth.GRANT_GONE:
+                kind = errors.RECONNECT
+                message = _(
+                    "%(provider)s no longer accepts this sign-in (%(error)s).",
+                    provider=name,
+                    error=exc.error,
+                )
+            else:
+                kind = errors.TEMPORARY
+                message = _(
+                    "The sign-in service of %(provider)s answered %(error)s.",
+                    provider=name,
+                    error=str(exc),
+                )
+            raise oauth.Problem(kind, message, exc.error) from None
+
     def _ally_smtp_oauth_client_refused(self, exc):
         """The provider refused the app itself: an admin's problem, said once."""
         message = _(
@@ -307,20 +378,6 @@ class ResCompany(models.Model):
                 )
         return message
 
-    @api.depends(
-        "ally_smtp_enabled",
-        "ally_smtp_host",
-        "ally_smtp_port",
-        "ally_smtp_encryption",
-        "ally_smtp_imap_host",
-        "ally_smtp_imap_port",
-        "ally_smtp_verify_tls",
-    )
-    def _compute_ally_smtp_integrated(self):
-        """Any change of the server makes the integration unchecked again."""
-        self.ally_smtp_integrated = False
-        self.ally_smtp_integrated_at = False
-
     def write(self, vals):
         keys = {company: company._ally_smtp_server_key() for company in self}
         if OAUTH_FIELDS & vals.keys() or vals.get("ally_smtp_oauth_client_secret"):
@@ -329,6 +386,9 @@ class ResCompany(models.Model):
         else:
             refused = self.browse()
         result = super().write(vals)
+        if INTEGRATION_FIELDS & vals.keys() and "ally_smtp_integrated" not in vals:
+            # any change of the server makes the integration unchecked again
+            self._ally_smtp_set_integrated(False)
         if refused:  # an admin changed the app: its waiting mail goes again
             self.env["res.users"].sudo().search(
                 [("company_id", "in", refused.ids), ("ally_smtp_use_own", "=", True)]
@@ -345,7 +405,7 @@ class ResCompany(models.Model):
                 lambda u: keys[u.company_id] != u.company_id._ally_smtp_server_key()
             )
             if moved:
-                moved.write({"ally_smtp_state": "untested"})
+                moved._ally_smtp_set_state("untested")
                 _logger.info(
                     "ally_smtp: mail server changed; %s mailbox(es) wait for their "
                     "owner's Test",
@@ -358,19 +418,13 @@ class ResCompany(models.Model):
     def action_ally_smtp_integrate(self):
         """Check that the SMTP and IMAP servers answer as configured."""
         self.ensure_one()
-        if not self.env.user.has_group("base.group_system"):
-            raise UserError(_("Only a settings administrator can do this."))
+        actions.check_settings_admin(self.env)
         if not self.ally_smtp_enabled:
             raise UserError(_("Turn on 'Agency email (SMTP)' first."))
         self._ally_smtp_check_smtp()
         self._ally_smtp_check_imap()
         self._ally_smtp_check_oauth()
-        self.sudo().write(
-            {
-                "ally_smtp_integrated": True,
-                "ally_smtp_integrated_at": fields.Datetime.now(),
-            }
-        )
+        self._ally_smtp_set_integrated(True)
         return actions.notify(
             _(
                 "The agency's mail server %(host)s is integrated. Each user "
@@ -380,12 +434,19 @@ class ResCompany(models.Model):
             reload=True,
         )
 
+    def _ally_smtp_set_integrated(self, integrated):
+        """The one writer of ``ally_smtp_integrated`` and its date."""
+        self.sudo().write(
+            {
+                "ally_smtp_integrated": integrated,
+                "ally_smtp_integrated_at": integrated and fields.Datetime.now(),
+            }
+        )
+
     def _ally_smtp_fail(self, exc, host, port, login="", protocol="smtp"):
         kind, message = errors.classify(self.env, exc, host, port, login, protocol)
         _logger.info("ally_smtp: %s:%s refused: %s", host, port, exc)
-        error = UserError(message)
-        error.ally_smtp_kind = kind  # a refused password stops sending
-        raise error from None
+        raise errors.MailboxError(kind, message) from None
 
     def _ally_smtp_check_smtp(self):
         host, port = self.ally_smtp_host.strip(), self.ally_smtp_port
@@ -428,46 +489,16 @@ class ResCompany(models.Model):
         provider = self._ally_smtp_oauth()
         if not provider:
             return
-        client_id, secret = self._ally_smtp_oauth_client()
         try:
-            oauth.token_request(
-                self.env,
+            self._ally_smtp_token_request(
                 provider,
-                self.ally_smtp_oauth_tenant,
-                client_id,
-                secret,
+                note_refusal=False,
                 grant_type="refresh_token",
                 refresh_token="ally-smtp-integration-check",
             )
-        except oauth.Unreachable as exc:
-            raise UserError(
-                _(
-                    "The sign-in service of %(provider)s did not answer (%(detail)s). "
-                    "Try again in a moment.",
-                    provider=dict(AUTH_METHODS)[provider],
-                    detail=str(exc),
-                )
-            ) from None
-        except oauth.OAuthError as exc:
-            if exc.error in oauth.CLIENT_REFUSED:
-                raise UserError(
-                    _(
-                        "%(provider)s refused the client ID or client secret "
-                        "(%(error)s). Copy them again from the app you registered.",
-                        provider=dict(AUTH_METHODS)[provider],
-                        error=exc.error,
-                    )
-                ) from None
+        except oauth.Problem as exc:
             if exc.error != "invalid_grant":
-                raise UserError(
-                    _(
-                        "%(provider)s answered %(error)s: %(detail)s. Check the app "
-                        "registration and the tenant.",
-                        provider=dict(AUTH_METHODS)[provider],
-                        error=exc.error,
-                        detail=exc.description,
-                    )
-                ) from None
+                raise  # a UserError: what the admin reads
         except ValueError as exc:  # an http:// endpoint that is not loopback
             raise UserError(str(exc)) from None
 

@@ -1,5 +1,4 @@
 from odoo import _, api, fields, models
-from odoo.exceptions import AccessError
 
 from ..lib import actions
 from ..lib.providers import preset_values
@@ -86,8 +85,7 @@ class ResConfigSettings(models.TransientModel):
     def action_ally_smtp_rotate_keys(self):
         """Re-encrypt the stored mailbox passwords with the newest key."""
         self.ensure_one()
-        if not self.env.user.has_group("base.group_system"):
-            raise AccessError(_("Only a settings administrator can do this."))
+        actions.check_settings_admin(self.env)
         count = self.env["res.users"]._ally_smtp_rotate_keys()
         return actions.notify(
             _(

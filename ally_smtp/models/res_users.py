@@ -92,9 +92,9 @@ class ResUsers(models.Model):
             ("reconnect", "Reconnect needed"),
         ],
         "SMTP status",
-        compute="_compute_ally_smtp_state",
-        store=True,
+        default="off",
         copy=False,
+        readonly=True,
         prefetch="ally_smtp",
     )
     ally_smtp_last_error = fields.Text(
@@ -222,13 +222,13 @@ class ResUsers(models.Model):
                         max=MAX_PASSWORD,
                     )
                 )
-            user.sudo().write(
-                {
+            user._ally_smtp_set_state(
+                "untested",
+                values={
                     "ally_smtp_password_crypt": crypto.encrypt(self.env, password),
-                    "ally_smtp_state": "untested",
                     # given for the server configured now; a new one needs a Test
                     "ally_smtp_server_key": user.company_id._ally_smtp_server_key(),
-                }
+                },
             )
             _logger.info("ally_smtp: mailbox password changed for user %s", user.id)
 
@@ -251,12 +251,6 @@ class ResUsers(models.Model):
         for user in self:
             user.ally_smtp_password_set = bool(user.sudo().ally_smtp_password_crypt)
 
-    @api.depends("ally_smtp_use_own", "ally_smtp_email")
-    def _compute_ally_smtp_state(self):
-        """New credentials are untested; the test and the send path set the rest."""
-        for user in self:
-            user.ally_smtp_state = "untested" if user.ally_smtp_use_own else "off"
-
     @api.depends("company_id.ally_smtp_enabled", "company_id.ally_smtp_host")
     def _compute_ally_smtp_available(self):
         for user in self:
@@ -268,7 +262,11 @@ class ResUsers(models.Model):
             _normalize_address(vals)
             company = vals.get("company_id") or self.env.company.id
             self._ally_smtp_check_address_free(vals.get("ally_smtp_email"), company)
-        return super().create(vals_list)
+        users = super().create(vals_list)
+        for user, vals in zip(users, vals_list, strict=True):
+            if vals.get("ally_smtp_use_own") and "ally_smtp_state" not in vals:
+                user._ally_smtp_set_state("untested")
+        return users
 
     def write(self, vals):
         if SYSTEM_FIELDS & vals.keys() and not self.env.su:
@@ -288,6 +286,13 @@ class ResUsers(models.Model):
                 address, vals.get("company_id") or user.company_id.id, user
             )
         result = super().write(vals)
+        if {"ally_smtp_use_own", "ally_smtp_email"} & vals.keys() and (
+            "ally_smtp_state" not in vals
+        ):
+            # new credentials are untested; the Test and the send path say more
+            on = self.sudo().filtered("ally_smtp_use_own")
+            on._ally_smtp_set_state("untested")
+            (self.sudo() - on)._ally_smtp_set_state("off")
         if {"ally_smtp_use_own", "ally_smtp_email", "company_id", "name"} & vals.keys():
             self._ally_smtp_sync_server()
         return result
@@ -365,13 +370,7 @@ class ResUsers(models.Model):
     def _ally_smtp_stop(self, state, message, title):
         """No more logins until the user acts: note why, and tell them."""
         self.ensure_one()
-        self.sudo().write(
-            {
-                "ally_smtp_state": state,
-                "ally_smtp_last_error": message,
-                "ally_smtp_tested_at": fields.Datetime.now(),
-            }
-        )
+        self._ally_smtp_set_state(state, message, tested=True)
         self.env["bus.bus"]._sendone(
             self.partner_id,
             "simple_notification",
@@ -395,8 +394,7 @@ class ResUsers(models.Model):
 
     def action_ally_smtp_resume(self):
         """Admins: send a paused mailbox's waiting mail now."""
-        if not self.env.user.has_group("base.group_system"):
-            raise AccessError(_("Only a settings administrator can do this."))
+        actions.check_settings_admin(self.env)
         users = self.sudo()
         users.write({"ally_smtp_paused_until": False, "ally_smtp_pause_reason": False})
         users._ally_smtp_release()
@@ -536,9 +534,7 @@ class ResUsers(models.Model):
                 oauth.revoke(self.env, token.provider, grant)
             token.unlink()
             _logger.info("ally_smtp: user %s disconnected their mailbox", self.id)
-        self.sudo().write(
-            {"ally_smtp_state": "untested", "ally_smtp_last_error": False}
-        )
+        self._ally_smtp_set_state("untested", error=False)
         return actions.notify(
             _("Your mailbox is disconnected. Odoo no longer sends from it."),
             reload=True,
@@ -591,33 +587,20 @@ class ResUsers(models.Model):
             return False, _(
                 "The sign-in method changed meanwhile. Press Connect again."
             )
-        client_id, secret = company._ally_smtp_oauth_client()
         try:
-            tokens = oauth.token_request(
-                self.env,
+            tokens = company._ally_smtp_token_request(
                 provider,
-                company.ally_smtp_oauth_tenant,
-                client_id,
-                secret,
                 grant_type="authorization_code",
                 code=code,
                 redirect_uri=redirect_uri,
                 code_verifier=pending["verifier"],
             )
-            account, verified = oauth.signed_in_account(self.env, provider, tokens)
-        except oauth.Unreachable as exc:
-            return False, _(
-                "The sign-in service did not answer (%(detail)s). Press Connect "
-                "again in a moment.",
-                detail=str(exc),
-            )
-        except oauth.OAuthError as exc:
-            if exc.error in oauth.CLIENT_REFUSED:
-                return False, company._ally_smtp_oauth_client_refused(exc)
-            return False, _(
-                "The sign-in was not accepted (%(error)s). Press Connect again.",
-                error=exc.error,
-            )
+            with company._ally_smtp_token_errors(provider):
+                account, verified = oauth.signed_in_account(self.env, provider, tokens)
+        except oauth.Problem as exc:
+            if exc.kind == errors.ADMIN:  # the administrators are told
+                return False, exc.message
+            return False, _("%(problem)s Press Connect again.", problem=exc.message)
         claims = oauth.id_token_claims(tokens.get("id_token") or "")
         expected = user.ally_smtp_email.strip().lower()
         if (
@@ -649,12 +632,10 @@ class ResUsers(models.Model):
         grant = self.env["ally.smtp.oauth.token"]._ally_smtp_store(
             user, provider, tokens, account
         )
-        user.write(
-            {
-                "ally_smtp_state": "untested",
-                "ally_smtp_last_error": False,
-                "ally_smtp_server_key": company._ally_smtp_server_key(),
-            }
+        user._ally_smtp_set_state(
+            "untested",
+            error=False,
+            values={"ally_smtp_server_key": company._ally_smtp_server_key()},
         )
         _logger.info("ally_smtp: user %s connected their mailbox", self.id)
         try:
@@ -662,19 +643,10 @@ class ResUsers(models.Model):
                 # tested with the token just received: the grant is not
                 # committed yet, so no transaction of its own may renew it
                 folder = user.with_context(**{RECEIVED: grant.id})._ally_smtp_probe()
-        except (UserError, oauth.Problem) as exc:
-            message = exc.args[0]
-            kind = getattr(exc, "ally_smtp_kind", getattr(exc, "kind", None))
-            user.write(
-                {
-                    "ally_smtp_state": "reconnect"
-                    if kind == errors.RECONNECT
-                    else "failed"
-                    if kind == errors.AUTH
-                    else "untested",
-                    "ally_smtp_last_error": message,
-                    "ally_smtp_tested_at": fields.Datetime.now(),
-                }
+        except errors.MailboxError as exc:
+            message = exc.message
+            user._ally_smtp_set_state(
+                errors.state_after(exc.kind), message, tested=True
             )
             return False, _(
                 "Connected as %(account)s, but the test failed: %(message)s",
@@ -682,12 +654,8 @@ class ResUsers(models.Model):
                 message=message,
             )
         user._ally_smtp_sync_server()
-        user.write(
-            {
-                "ally_smtp_state": "ok",
-                "ally_smtp_tested_at": fields.Datetime.now(),
-                "ally_smtp_sent_folder": folder,
-            }
+        user._ally_smtp_set_state(
+            "ok", tested=True, values={"ally_smtp_sent_folder": folder}
         )
         user._ally_smtp_release()
         return True, _(
@@ -708,28 +676,23 @@ class ResUsers(models.Model):
         user = self.sudo()
         try:
             folder = user._ally_smtp_probe()
-        except UserError as exc:
-            message = exc.args[0]
-            # Only a refused password stops sending; other failures (a timeout,
-            # no Sent folder) leave the mailbox usable but untested.
-            kind = getattr(exc, "ally_smtp_kind", None)
-            state = {errors.AUTH: "failed", errors.RECONNECT: "reconnect"}.get(
-                kind, "untested"
-            )
+        except errors.MailboxError as exc:
+            message = exc.message
+            state = errors.state_after(exc.kind)
             # The UserError rolls the transaction back; keep the outcome anyway.
             self.env.cr.postrollback.add(
                 lambda: user._ally_smtp_record_after_rollback(state, message)
             )
             raise
         user._ally_smtp_sync_server()
-        user.write(
-            {
-                "ally_smtp_state": "ok",
+        user._ally_smtp_set_state(
+            "ok",
+            error=False,
+            tested=True,
+            values={
                 "ally_smtp_server_key": user.company_id._ally_smtp_server_key(),
-                "ally_smtp_last_error": False,
-                "ally_smtp_tested_at": fields.Datetime.now(),
                 "ally_smtp_sent_folder": folder,
-            }
+            },
         )
         if folder:
             message = _(
@@ -752,13 +715,26 @@ class ResUsers(models.Model):
 
     def _ally_smtp_record_after_rollback(self, state, message):
         with self.env.registry.cursor() as cr:
-            self.with_env(self.env(cr=cr)).write(
-                {
-                    "ally_smtp_state": state,
-                    "ally_smtp_last_error": message,
-                    "ally_smtp_tested_at": fields.Datetime.now(),
-                }
+            self.with_env(self.env(cr=cr))._ally_smtp_set_state(
+                state, message, tested=True
             )
+
+    def _ally_smtp_set_state(self, state, error=None, tested=False, values=None):
+        """The one writer of ``ally_smtp_state`` (a plain field: each change
+        of state is one of these calls, where it happens).
+
+        ``error`` is the ``ally_smtp_last_error`` to note (``False`` clears
+        it; ``None`` keeps it), ``tested`` notes now as the time of the Test
+        or sign-in that decided, and ``values`` are other mailbox fields
+        written with it.
+        """
+        values = dict(values or {}, ally_smtp_state=state)
+        if error is not None:
+            values["ally_smtp_last_error"] = error or False
+        if tested:
+            values["ally_smtp_tested_at"] = fields.Datetime.now()
+        if self:
+            self.sudo().write(values)
 
     @api.model
     def _ally_smtp_rotate_keys(self):
@@ -893,14 +869,22 @@ class ResUsers(models.Model):
             ) from None
 
     def _ally_smtp_probe(self):
-        """Log in to SMTP (MAIL FROM/RCPT TO then RSET) and IMAP; return Sent."""
+        """Log in to SMTP (MAIL FROM/RCPT TO then RSET) and IMAP; return Sent.
+
+        Every failure is an ``errors.MailboxError`` whose kind says what it
+        makes of the mailbox.
+        """
         company = self.company_id
         if not (self.ally_smtp_use_own and company._ally_smtp_ready()):
-            raise UserError(_("Turn on 'Use my own SMTP configuration' first."))
+            raise errors.MailboxError(
+                errors.CONFIG, _("Turn on 'Use my own SMTP configuration' first.")
+            )
         if not self.ally_smtp_email:
-            raise UserError(_("Enter your SMTP email first."))
+            raise errors.MailboxError(errors.CONFIG, _("Enter your SMTP email first."))
         if company._ally_smtp_oauth() and not self._ally_smtp_oauth_token():
-            raise UserError(self._ally_smtp_oauth_token()._disconnected())
+            raise errors.MailboxError(
+                errors.CONFIG, self._ally_smtp_oauth_token()._disconnected()
+            )
         login = self.ally_smtp_email.strip()
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
@@ -926,11 +910,12 @@ class ResUsers(models.Model):
         except Exception as exc:  # noqa: BLE001
             company._ally_smtp_fail(exc, host, port, login, protocol="imap")
         if not folder:
-            raise UserError(
+            raise errors.MailboxError(
+                errors.TEMPORARY,
                 _(
                     "Signing in works, but no Sent folder was found in your mailbox. "
                     "Create a folder named 'Sent' in your webmail."
-                )
+                ),
             )
         return folder
 

@@ -221,6 +221,28 @@ class TestCredentials(AllySmtpCase):
         self.alice.with_user(self.alice).ally_smtp_password = "new-password"
         self.assertEqual(self.alice.ally_smtp_state, "untested")
 
+    def test_address_and_switch_set_the_state(self):
+        """What the state's old compute did is done by the writes themselves."""
+        as_alice = self.alice.with_user(self.alice)
+        as_alice.action_ally_smtp_test()
+        as_alice.write({"ally_smtp_email": "Alice@Agency.test"})
+        self.assertEqual(self.alice.ally_smtp_state, "untested")
+        as_alice.action_ally_smtp_test()
+        as_alice.write({"ally_smtp_use_own": False})
+        self.assertEqual(self.alice.ally_smtp_state, "off")
+        self.assertEqual(self.alice.ally_smtp_last_error, False)
+        as_alice.write({"ally_smtp_use_own": True})
+        self.assertEqual(self.alice.ally_smtp_state, "untested")
+        created = new_test_user(
+            self.env,
+            login="erin-state",
+            groups="base.group_user",
+            ally_smtp_use_own=True,
+            ally_smtp_email="erin-state@agency.test",
+        )
+        self.assertEqual(created.ally_smtp_state, "untested")
+        self.assertEqual(self.bob.copy().ally_smtp_state, "off")
+
     def test_bad_input(self):
         as_alice = self.alice.with_user(self.alice)
         self.company.alias_domain_id = self.env["mail.alias.domain"].create(

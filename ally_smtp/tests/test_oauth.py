@@ -15,7 +15,7 @@ from odoo import fields
 from odoo.exceptions import AccessError, UserError
 from odoo.tests import tagged
 
-from ..lib import oauth
+from ..lib import errors, oauth
 from ..models import ally_smtp_oauth_token as oauth_token_module
 from .common import AllySmtpCase, Mailbox
 from .servers import OAuthServer
@@ -320,6 +320,38 @@ class TestGoogle(OAuthCase):
         self.company.ally_smtp_oauth_client_secret = "not-the-secret"
         with self.assertRaisesRegex(UserError, "client"):
             self.company.action_ally_smtp_integrate()
+
+    def test_token_endpoint_failures_are_judged_in_one_place(self):
+        cases = [
+            (oauth.Unreachable("HTTP 503"), errors.TEMPORARY, "did not answer"),
+            (oauth.OAuthError("slow_down"), errors.TEMPORARY, "slow_down"),
+            (oauth.OAuthError("invalid_grant"), errors.RECONNECT, "invalid_grant"),
+            (oauth.OAuthError("invalid_client"), errors.ADMIN, "client secret"),
+        ]
+        for exc, kind, words in cases:
+            with (
+                self.subTest(exc=exc),
+                self.assertRaises(oauth.Problem) as caught,
+                self.company._ally_smtp_token_errors("google", note_refusal=False),
+            ):
+                raise exc
+            self.assertEqual(caught.exception.kind, kind)
+            self.assertIn(words, caught.exception.message)
+            self.assertIn("Google", caught.exception.message)
+            self.assertEqual(caught.exception.error, getattr(exc, "error", ""))
+        self.assertFalse(self.company.ally_smtp_oauth_refused)  # not noted
+        # connecting: each failure asks to press Connect again
+        for fault, words in (
+            ({"status": 503}, "did not answer"),
+            ({"status": 400, "error": "invalid_grant"}, "invalid_grant"),
+        ):
+            with self.subTest(fault=fault):
+                self.oauth.fail("google", count=1, **fault)
+                connected, message = self.connect(self.alice)
+                self.assertFalse(connected)
+                self.assertIn(words, message)
+                self.assertIn("Press Connect again", message)
+                self.assertFalse(self.token(self.alice))
 
     def test_endpoints_are_https_or_loopback(self):
         params = self.env["ir.config_parameter"].sudo()

@@ -91,6 +91,20 @@ class TestSecurity(AllySmtpCase):
         self.assertEqual(sent["login"], "carol@agency.test")
         self.assertEqual(self.alice_logins(), [])
 
+    def test_mail_record_changed_by_someone_else_leaves_the_mailbox(self):
+        """The same when an administrator edits the queued mail itself; the
+        author's own edit and the system's leave it hers."""
+        mail = self.queue(self.alice, "Alice's words")
+        mail.with_user(self.alice).sudo().write({"subject": "System edit"})
+        mail.write({"subject": "Superuser edit"})
+        self.assertFalse(mail.ally_smtp_foreign_edit)
+        mail.with_user(self.admin).write({"body_html": "<p>Forged</p>"})
+        self.assertTrue(mail.ally_smtp_foreign_edit)
+        self.run_queue()
+        (sent,) = self.smtp.messages()
+        self.assertEqual(sent["login"], "carol@agency.test")
+        self.assertEqual(self.alice_logins(), [])
+
     def test_own_mail_still_uses_the_mailbox(self):
         with self.live():
             self.student.with_user(self.alice).message_post(

@@ -1,6 +1,6 @@
 """Agency integration: presets, the Integrate button, bad input."""
 
-from odoo.exceptions import UserError, ValidationError
+from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tests import Form, tagged
 
 from ..lib.providers import PRESETS
@@ -44,6 +44,20 @@ class TestSettings(AllySmtpCase):
         # changing the server makes the integration unchecked again
         self.company.ally_smtp_port = self.smtp.ports["ssl"]
         self.assertFalse(self.company.ally_smtp_integrated)
+        self.assertFalse(self.company.ally_smtp_integrated_at)
+        self.company.write(self.company_values())
+        for values in (
+            {"ally_smtp_imap_port": self.company.ally_smtp_imap_port},
+            {"ally_smtp_verify_tls": True},
+        ):
+            with self.subTest(values=values):
+                self.company.action_ally_smtp_integrate()
+                self.company.write(values)
+                self.assertFalse(self.company.ally_smtp_integrated)
+        # what is no server setting leaves it checked
+        self.company.action_ally_smtp_integrate()
+        self.company.ally_smtp_limit_day = 100
+        self.assertTrue(self.company.ally_smtp_integrated)
 
     def test_integrate_from_settings_screen(self):
         settings = self.env["res.config.settings"].create({})
@@ -88,7 +102,7 @@ class TestSettings(AllySmtpCase):
         self.assertTrue(self.company.ally_smtp_integrated)
 
     def test_integrate_needs_settings_admin(self):
-        with self.assertRaises(UserError):
+        with self.assertRaises(AccessError):
             self.company.with_user(self.alice).action_ally_smtp_integrate()
 
     def test_bad_input_is_rejected(self):
