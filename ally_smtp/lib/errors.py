@@ -1,5 +1,6 @@
 """Turn what a mail server said into a sentence a consultant can act on."""
 
+import contextlib
 import imaplib
 import re
 import smtplib
@@ -41,13 +42,25 @@ class MailboxError(UserError):
     """A mailbox, or signing in to it, failed: ``kind`` (one of the kinds
     above) says what follows, ``message`` tells the user what to do.
 
-    A ``UserError``: raised from a button, its message is what the user sees.
+    A ``UserError`` for the code that catches those; a button lets it reach
+    the user through ``shown_to_user()``.
     """
 
     def __init__(self, kind, message):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+@contextlib.contextmanager
+def shown_to_user():
+    """A ``MailboxError`` leaving a button becomes Odoo's own ``UserError``:
+    the web client shows its message only for exception types it knows by
+    name, and any other one as a server error with a traceback."""
+    try:
+        yield
+    except MailboxError as exc:
+        raise UserError(exc.message) from None
 
 
 # Replies that mean "this mailbox sent too much": (status code, words that must

@@ -421,9 +421,10 @@ class ResCompany(models.Model):
         actions.check_settings_admin(self.env)
         if not self.ally_smtp_enabled:
             raise UserError(_("Turn on 'Agency email (SMTP)' first."))
-        self._ally_smtp_check_smtp()
-        self._ally_smtp_check_imap()
-        self._ally_smtp_check_oauth()
+        with errors.shown_to_user():
+            self._ally_smtp_check_smtp()
+            self._ally_smtp_check_imap()
+            self._ally_smtp_check_oauth()
         self._ally_smtp_set_integrated(True)
         return actions.notify(
             _(

@@ -683,7 +683,7 @@ class ResUsers(models.Model):
             self.env.cr.postrollback.add(
                 lambda: user._ally_smtp_record_after_rollback(state, message)
             )
-            raise
+            raise UserError(message) from None
         user._ally_smtp_sync_server()
         user._ally_smtp_set_state(
             "ok",

@@ -112,6 +112,8 @@ class TestCredentials(AllySmtpCase):
         """Press Test; then what the RPC layer's rollback would run."""
         with self.assertRaises(UserError) as caught:
             self.alice.with_user(self.alice).action_ally_smtp_test()
+        # Odoo's own type: the web client shows its message only then
+        self.assertIs(type(caught.exception), UserError)
         callbacks = list(self.env.cr.postrollback._funcs)
         self.assertEqual(len(callbacks), 1)
         self.env.cr.postrollback.clear()

@@ -87,6 +87,8 @@ class TestSettings(AllySmtpCase):
                 self.company.write(self.company_values(**values))
                 with self.assertRaises(UserError) as caught:
                     self.company.action_ally_smtp_integrate()
+                # Odoo's own type: the web client shows its message only then
+                self.assertIs(type(caught.exception), UserError)
                 for word in words:
                     self.assertIn(word, str(caught.exception))
                 self.assertFalse(self.company.ally_smtp_integrated)
