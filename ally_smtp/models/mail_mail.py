@@ -227,7 +227,8 @@ class MailMail(models.Model):
         failure or a quota partway leave the whole mail queued. The addresses
         already reached are in the batch's ledger (read when ``_send`` claimed
         the mail); a mail kept queued after an attempt (``ally_smtp_tried``)
-        also skips the partners whose notification says sent.
+        also skips the partners whose notification says sent: a mail tried
+        before 18.0.1.4.0 without Sent copies has no ledger rows.
 
         A large attachment is handed to ``build_email`` as a
         ``mailbox.Attachment``, encoded in pieces: the same message, built
