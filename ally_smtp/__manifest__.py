@@ -2,7 +2,7 @@
     "name": "Ally SMTP: send from each consultant's own mailbox",
     "summary": "Mail written in Odoo leaves through the author's own mailbox, "
     "with a copy in its Sent folder",
-    "version": "18.0.1.4.0",
+    "version": "18.0.1.5.0",
     "category": "Productivity/Discuss",
     "license": "LGPL-3",
     "author": "Ally SMTP Authors",

@@ -35,7 +35,7 @@ from .services import free_port, wait_port
 
 # The last release of the addon: every release moves it forward to its own
 # commit, so that the next one is tested as an upgrade from it.
-PREVIOUS_RELEASE = "6a5a096a0344a8bb1b04d1a4efb2252ed5f0de4d"
+PREVIOUS_RELEASE = "4301d1384aa901cf81be7533f7878ac0d7985826"
 UPGRADE_DB = "ally_smtp_upgrade"
 # Ana and Bob sign in with their mailbox passwords, Olga with her Microsoft
 # account (an OAuth sign-in, the harness's OAuth server)
