@@ -406,13 +406,7 @@ class PersonalBench(QueueBench):
     def _clean(self, server_id):
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
-            env["res.users"].browse(self.personal_uid).write(
-                {
-                    "ally_smtp_use_own": False,
-                    "ally_smtp_email": False,
-                    "ally_smtp_password_crypt": False,
-                }
-            )
+            env["res.users"].browse(self.personal_uid)._ally_smtp_mailbox().unlink()
             env["ir.mail_server"].browse(server_id).unlink()
         self.box.purge()
 
@@ -592,14 +586,9 @@ class BenchAgency(QueueBench):
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
             env["ir.config_parameter"].set_param("mail.mail.queue.batch.size", saved)
-            env["res.users"].browse(self.user_ids).write(
-                {
-                    "ally_smtp_use_own": False,
-                    "ally_smtp_email": False,
-                    "ally_smtp_password_crypt": False,
-                    "active": False,
-                }
-            )
+            users = env["res.users"].browse(self.user_ids)
+            users._ally_smtp_mailbox().unlink()
+            users.active = False
         for box in self.boxes:
             Mailbox(self.info, box).purge()
 

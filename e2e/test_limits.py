@@ -101,7 +101,11 @@ def test_a_quota_pauses_one_mailbox_and_loses_nothing(world):
     assert profile["ally_smtp_paused"], profile
     assert "5.4.5" in profile["ally_smtp_pause_reason"], profile
 
-    world.admin("res.users", "action_ally_smtp_resume", [bob])
+    world.admin(
+        "ally.smtp.mailbox",
+        "action_resume",
+        world.admin("ally.smtp.mailbox", "search", [("user_id", "=", bob)]),
+    )
     world.delivered("quota bob")
     world.wait(world.queue_empty, "the queue to empty")
     received = [

@@ -112,11 +112,16 @@ def test_colleague_cannot_act_on_someone_elses_sign_in(agency, method):
         fault = exc.faultString
     assert fault, f"{method} on Olga's id was accepted for Oscar"
     assert agency.state("olga")["ally_smtp_oauth_account"] == OLGA
-    for private in ("_ally_smtp_oauth_finish", "_ally_smtp_oauth_authorize"):
+    (olgas,) = agency.admin(
+        "ally.smtp.mailbox", "search", [("user_id", "=", agency.users["olga"])]
+    )
+    for model, ids, private in (
+        ("res.users", [agency.users["olga"]], "_ally_smtp_own_mailbox"),
+        ("ally.smtp.mailbox", [olgas], "_oauth_finish"),
+        ("ally.smtp.mailbox", [olgas], "_oauth_authorize"),
+    ):
         with pytest.raises(xmlrpc.client.Fault):
-            agency.rpc["oscar"](
-                "res.users", private, [agency.users["olga"]], {}, "x", "y"
-            )
+            agency.rpc["oscar"](model, private, ids, {}, "x", "y")
     with pytest.raises(xmlrpc.client.Fault):
         agency.rpc["oscar"](
             "ally.smtp.oauth.token", "search_read", [], ["account", "tokens_crypt"]

@@ -45,7 +45,13 @@ MAILBOXES = {"ana": PEOPLE["ana"][0], "bob": PEOPLE["bob"][0], "olga": OLGA}
 QUOTA = "550 5.4.5 Daily user sending limit exceeded"
 MAIL_QUEUE = "mail.ir_cron_mail_scheduler_action"
 FILING = "ally_smtp.ir_cron_sent_copy"
+# what My Profile shows of a mailbox: on res.users before 18.0.1.5.0, on its
+# ally.smtp.mailbox (shown through res.users under the same names) after
 USER_FIELDS = [
+    "ally_smtp_use_own",
+    "ally_smtp_email",
+    "ally_smtp_last_error",
+    "ally_smtp_tested_at",
     "ally_smtp_state",
     "ally_smtp_password_set",
     "ally_smtp_sent_folder",
@@ -408,7 +414,12 @@ def verify(world, flight):
         delivered(world, bobs) == {m: flight["delivered"][m] for m in bobs},
         "Bob's mail left while his mailbox was paused",
     )
-    admin("res.users", "action_ally_smtp_resume", [world.users["bob"]])
+    mailboxes(world)
+    admin(
+        "ally.smtp.mailbox",
+        "action_resume",
+        admin("ally.smtp.mailbox", "search", [("user_id", "=", world.users["bob"])]),
+    )
     for _run in range(5):
         if not _outgoing_mails(world, flight):
             break
@@ -427,6 +438,45 @@ def verify(world, flight):
             f"others {sorted(set(counts) - set(to))}",
         )
     file_copies(world, flight)
+
+
+def mailboxes(world):
+    """Each consultant's mailbox is a row of its own, their personal server
+    signs in as them, and nothing of a mailbox is stored on res.users."""
+    admin = world.admin
+    consultants = sorted(world.users[login] for login in CONSULTANTS)
+    rows = admin(
+        "ally.smtp.mailbox",
+        "search_read",
+        [("user_id", "in", list(world.users.values()))],
+        ["user_id", "address"],
+    )
+    addresses = {row["user_id"][0]: row["address"] for row in rows}
+    check(
+        addresses == {world.users[login]: MAILBOXES[login] for login in CONSULTANTS},
+        f"mailboxes after the upgrade: {rows}",
+    )
+    servers = admin(
+        "ir.mail_server",
+        "search_read",
+        [("ally_smtp_owner_id", "in", consultants)],
+        ["smtp_authentication"],
+    )
+    check(
+        len(servers) == len(consultants)
+        and {s["smtp_authentication"] for s in servers} == {"ally_smtp"},
+        f"personal servers after the upgrade: {servers}",
+    )
+    stored = admin(
+        "ir.model.fields",
+        "search_read",
+        [("model", "=", "res.users"), ("name", "like", "ally_smtp_")],
+        ["name", "store"],
+    )
+    check(
+        stored and not [f["name"] for f in stored if f["store"]],
+        f"mailbox fields still stored on res.users: {stored}",
+    )
 
 
 def file_copies(world, flight):

@@ -23,7 +23,10 @@ class AllySmtpOAuth(http.Controller):
     def start(self):
         user = request.env.user
         try:
-            url, pending = user._ally_smtp_oauth_authorize(_redirect_uri(user))
+            mailbox = user._ally_smtp_own_mailbox()
+            if not mailbox.address:
+                raise UserError(request.env._("Enter your SMTP email first."))
+            url, pending = mailbox._oauth_authorize(_redirect_uri(user))
         except (UserError, AccessError, ValueError) as exc:
             return _result(False, str(exc.args[0]))
         states = {
@@ -69,7 +72,7 @@ class AllySmtpOAuth(http.Controller):
                 ),
             )
         try:
-            connected, message = user._ally_smtp_oauth_finish(
+            connected, message = user._ally_smtp_own_mailbox()._oauth_finish(
                 pending, code, _redirect_uri(user)
             )
         except (UserError, AccessError) as exc:

@@ -46,11 +46,10 @@ def _key_file(env):
 def _refuse_if_passwords_stored(env, path):
     """Passwords stored without their key file were encrypted with a key that
     is missing: a new key would not decrypt them, so none is made."""
-    stored = (
-        env["res.users"]
+    stored = "ally.smtp.mailbox" in env and (
+        env["ally.smtp.mailbox"]
         .sudo()
-        .with_context(active_test=False)
-        .search_count([("ally_smtp_password_crypt", "!=", False)], limit=1)
+        .search_count([("password_crypt", "!=", False)], limit=1)
     )
     if not stored and "ally.smtp.oauth.token" in env:
         stored = (

@@ -27,14 +27,14 @@ QUOTA_KINDS = (QUOTA, QUOTA_UNSURE)
 # the mail waits for them without counting an attempt
 RECONNECT, ADMIN = "reconnect", "admin"
 WAITING_KINDS = (QUOTA, RECONNECT, ADMIN)
-# what a failed Test or sign-in makes of the mailbox's state (res.users
-# ``ally_smtp_state``): only a refused password or a lost grant stops its use;
-# any other failure (a timeout, no Sent folder) leaves it usable but untested
+# what a failed Test or sign-in makes of the mailbox's state (its ``state``):
+# only a refused password or a lost grant stops its use; any other failure
+# (a timeout, no Sent folder) leaves it usable but untested
 KIND_STATES = {AUTH: "failed", RECONNECT: "reconnect"}
 
 
 def state_after(kind):
-    """The ``ally_smtp_state`` a failure of ``kind`` leaves the mailbox in."""
+    """The mailbox ``state`` a failure of ``kind`` leaves the mailbox in."""
     return KIND_STATES.get(kind, "untested")
 
 

@@ -1,3 +1,5 @@
+from . import ally_smtp_mailbox
+from . import ally_smtp_mailbox_sign_in
 from . import ally_smtp_oauth_token
 from . import ally_smtp_send_log
 from . import ally_smtp_sent_copy

@@ -211,7 +211,7 @@ class AllySmtpOAuthToken(models.Model):
             "(%(reason)s). Press 'Reconnect' in My Profile; your mail waits "
             "until you do.",
             provider=self._provider_name(),
-            address=self.account or self.user_id.ally_smtp_email,
+            address=self.account or self.user_id.sudo().ally_smtp_email,
             reason=reason,
         )
         if own_transaction:

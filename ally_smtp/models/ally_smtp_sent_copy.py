@@ -332,8 +332,8 @@ class AllySmtpSentCopy(models.Model):
             SQL(
                 """SELECT count(*)
                      FROM ally_smtp_sent_copy c
-                     JOIN res_users u ON u.id = c.user_id
-                    WHERE COALESCE(u.ally_smtp_state, '') NOT IN ('failed', 'reconnect')
+                     LEFT JOIN ally_smtp_mailbox m ON m.user_id = c.user_id
+                    WHERE COALESCE(m.state, '') NOT IN ('failed', 'reconnect')
                       AND %s""",
                 condition,
             )
@@ -349,7 +349,7 @@ class AllySmtpSentCopy(models.Model):
             [fields.Datetime.now()],
         )
         users = self.env["res.users"].browse([r[0] for r in self.env.cr.fetchall()])
-        return users.filtered(lambda u: not u._ally_smtp_blocked())
+        return users.filtered(lambda u: not u._ally_smtp_mailbox()._unusable()[1])
 
     @api.model
     def _ally_smtp_schedule(self, worked):
@@ -384,7 +384,7 @@ class AllySmtpSentCopy(models.Model):
         batch leaves its copies 'filing', looked for in the folder before they
         are added again.
         """
-        company = user.company_id
+        company, box = user.company_id, user._ally_smtp_mailbox()
         host = (company.ally_smtp_imap_host or "").strip()
         port = company.ally_smtp_imap_port
         done, copy, imap, folder = 0, self.browse(), None, None
@@ -402,8 +402,8 @@ class AllySmtpSentCopy(models.Model):
                             _("No IMAP server is set up for the agency.")
                         )
                     imap = company._ally_smtp_open_imap()
-                    user._ally_smtp_sign_in_imap(imap)
-                    folder = mailbox.SentFolder(imap, user.ally_smtp_sent_folder)
+                    box._sign_in_imap(imap)
+                    folder = mailbox.SentFolder(imap, box.sent_folder)
                 loaded = claimed._ally_smtp_lock()
                 claimed = claimed.browse(list(loaded))  # those still ours
                 groups = claimed._ally_smtp_groups(loaded)
@@ -426,7 +426,7 @@ class AllySmtpSentCopy(models.Model):
                 claimed._ally_smtp_release()
                 self._ally_smtp_commit()
                 filed, claimed = _Filed(), self.browse()
-                self._ally_smtp_remember(user, folder.name)
+                self._ally_smtp_remember(box, folder.name)
                 if time.monotonic() - started < BATCH_TIME:
                     size = min(2 * size, CLAIM_MOST)
                 else:
@@ -443,9 +443,9 @@ class AllySmtpSentCopy(models.Model):
                 (claimed - copy)._ally_smtp_release()
                 kind, message = copy._ally_smtp_failed(user, exc, host, port)
                 if kind == errors.AUTH:
-                    user._ally_smtp_auth_failed(message)
+                    box._auth_failed(message)
                 elif kind == errors.RECONNECT:
-                    user._ally_smtp_reconnect_needed(message)
+                    box._reconnect_needed(message)
                 self._ally_smtp_back_off(user, message)
                 self._ally_smtp_commit()
             except TransactionRollbackError:  # another run noted it meanwhile
@@ -459,15 +459,15 @@ class AllySmtpSentCopy(models.Model):
         return done
 
     @api.model
-    def _ally_smtp_remember(self, user, folder):
+    def _ally_smtp_remember(self, box, folder):
         """Keep the folder found (maybe again, after a rename) for next time."""
-        if folder == user.ally_smtp_sent_folder:
+        if folder == box.sent_folder:
             return
         try:
             with self.env.cr.savepoint():
-                user.ally_smtp_sent_folder = folder
+                box.sent_folder = folder
         except TransactionRollbackError:  # another run remembered it meanwhile
-            user.invalidate_recordset(["ally_smtp_sent_folder"])
+            box.invalidate_recordset(["sent_folder"])
         self._ally_smtp_commit()
 
     @api.model
@@ -660,7 +660,7 @@ class AllySmtpSentCopy(models.Model):
         """
         env = user.with_context(lang=user.lang).env
         kind, message = errors.classify(
-            env, exc, host, port, user.ally_smtp_email, protocol="imap"
+            env, exc, host, port, user.sudo().ally_smtp_email, protocol="imap"
         )
         _logger.info("ally_smtp: Sent copy for user %s delayed: %s", user.id, exc)
         self.invalidate_recordset()

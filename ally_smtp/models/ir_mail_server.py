@@ -25,15 +25,20 @@ class _Batch:
 
     ``ledger`` (an ``ally_smtp_sent_copy_part.Ledger``) is open while
     ``mail.mail._send`` sends the batch: whom each mail reached, kept outside
-    the send transaction. ``mail_id`` is the mail being sent now.
+    the send transaction. ``mail_id`` is the mail being sent now. Once
+    ``connect()`` has signed in, ``mailbox`` is the sender's
+    ``ally.smtp.mailbox`` and ``paused`` why its provider said "too much"
+    during this session (the rest of the batch then waits unasked).
     """
 
-    __slots__ = ("granted", "ledger", "mail_id")
+    __slots__ = ("granted", "ledger", "mail_id", "mailbox", "paused")
 
     def __init__(self):
         self.granted = True
         self.ledger = None
         self.mail_id = None
+        self.mailbox = None
+        self.paused = False
 
 
 @contextlib.contextmanager
@@ -96,24 +101,31 @@ class AllySmtpDeliveryError(MailDeliveryException):
         self.kind = kind
 
 
-def _failed(user, kind, message, exc=None):
-    """Remember why ``user``'s mail failed until ``mail.mail`` post-processes it.
+def _failed(mailbox, kind, message, exc=None):
+    """Note why ``mailbox``'s mail failed and act on it; return the error.
 
-    A quota reply (``exc``) pauses the mailbox for the window it names.
+    ``mail.mail`` post-processing reads the kind back (``FAILURES``); a
+    refused password or grant stops the mailbox, and a quota reply (``exc``)
+    pauses it for the window it names.
     """
-    user.env.cr.postcommit.data.setdefault(FAILURES, {})[user.id] = kind
+    failures = mailbox.env.cr.postcommit.data.setdefault(FAILURES, {})
+    failures[mailbox.user_id.id] = kind
     if kind == errors.AUTH:
-        user._ally_smtp_auth_failed(message)
+        mailbox._auth_failed(message)
     if kind == errors.RECONNECT:
-        user._ally_smtp_reconnect_needed(message)
+        mailbox._reconnect_needed(message)
     if kind in errors.QUOTA_KINDS and exc is not None:
-        user._ally_smtp_pause(errors.pause_window(exc), message)
+        mailbox._pause(errors.pause_window(exc), message)
     return AllySmtpDeliveryError(kind, message)
 
 
 class IrMailServer(models.Model):
     _inherit = "ir.mail_server"
 
+    smtp_authentication = fields.Selection(
+        selection_add=[("ally_smtp", "Personal mailbox (ally_smtp)")],
+        ondelete={"ally_smtp": "cascade"},
+    )
     ally_smtp_owner_id = fields.Many2one(
         "res.users",
         "Personal mailbox of",
@@ -130,6 +142,14 @@ class IrMailServer(models.Model):
             "A user has one personal mail server.",
         )
     ]
+
+    def _compute_smtp_authentication_info(self):
+        personal = self.filtered(lambda s: s.smtp_authentication == "ally_smtp")
+        personal.smtp_authentication_info = _(
+            "Signs in as its owner, with the mailbox password or sign-in they "
+            "gave in My Profile (ally_smtp); it only sends its owner's own mail."
+        )
+        return super(IrMailServer, self - personal)._compute_smtp_authentication_info()
 
     @api.model_create_multi
     def create(self, vals_list):
@@ -191,53 +211,65 @@ class IrMailServer(models.Model):
             )
         if modules.module.current_test:
             return super().connect(*args, **kwargs)
-        connection = server._ally_smtp_connect(bound.arguments.get("smtp_from"))
-        connection.ally_smtp_batch = batch
-        return connection
+        return server._ally_smtp_connect(bound.arguments.get("smtp_from"), batch)
 
-    def _ally_smtp_connect(self, smtp_from):
-        user = self.ally_smtp_owner_id
-        company = user.company_id
-        env = self.with_context(lang=user.lang).env
-        kind, blocked = user.with_env(env)._ally_smtp_block()
+    def _ally_smtp_connect(self, smtp_from, batch):
+        """A verified-TLS session with the agency's server, signed in as the
+        owner of this personal server (``_smtp_login``), for ``batch``."""
+        mailbox = self.ally_smtp_owner_id._ally_smtp_mailbox()
+        company = mailbox.company_id
+        mailbox = batch.mailbox = mailbox.with_context(lang=mailbox.user_id.lang)
+        kind, blocked = mailbox._unusable()
         if blocked:
-            raise _failed(user, kind, blocked)
+            raise _failed(mailbox, kind, blocked)
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
             connection = company._ally_smtp_open_smtp()
             try:
-                user.with_env(env)._ally_smtp_sign_in_smtp(connection)
+                self._smtp_login(connection, self.smtp_user, None)
             except BaseException:
                 connection.close()
                 raise
         except Exception as exc:  # noqa: BLE001 - every failure gets a message
-            kind, message = errors.classify(env, exc, host, port, self.smtp_user)
-            _logger.info("ally_smtp: user %s cannot send: %s", user.id, exc)
-            raise _failed(user, kind, message, exc) from None
+            kind, message = errors.classify(
+                mailbox.env, exc, host, port, self.smtp_user
+            )
+            _logger.info("ally_smtp: user %s cannot send: %s", mailbox.user_id.id, exc)
+            raise _failed(mailbox, kind, message, exc) from None
         connection.from_filter = self.from_filter
         connection.smtp_from = smtp_from
-        connection.ally_smtp_owner = user
-        connection.ally_smtp_paused = False
+        connection.ally_smtp_batch = batch
+        connection.ally_smtp_owner = mailbox.user_id
         return connection
+
+    def _smtp_login(self, connection, smtp_user, smtp_password):
+        """A personal server signs in as its owner: their password, or their
+        Google/Microsoft grant (XOAUTH2)."""
+        if len(self) == 1 and self.smtp_authentication == "ally_smtp":
+            mailbox = self.ally_smtp_owner_id._ally_smtp_mailbox()
+            return mailbox.with_context(lang=mailbox.user_id.lang)._sign_in_smtp(
+                connection
+            )
+        return super()._smtp_login(connection, smtp_user, smtp_password)
 
     def send_email(self, message, *args, **kwargs):
         """Keep what a personal session sent, for the Sent folder copy."""
         session = kwargs.get("smtp_session")
-        owner = getattr(session, "ally_smtp_owner", None)
-        if not owner:
+        batch = getattr(session, "ally_smtp_batch", None)
+        if batch is None:
             return super().send_email(message, *args, **kwargs)
-        if session.ally_smtp_paused:
+        mailbox = batch.mailbox
+        if batch.paused:
             # the provider said "too much" earlier in this session: the rest of
             # the batch waits without asking it again
-            raise _failed(owner, errors.QUOTA, session.ally_smtp_paused)
+            raise _failed(mailbox, errors.QUOTA, batch.paused)
         try:
             result = super().send_email(message, *args, **kwargs)
         except (MailDeliveryException, smtplib.SMTPServerDisconnected) as exc:
             cause = exc.__context__ or exc
-            env = self.with_context(lang=owner.lang).env
-            kind, text = errors.classify(env, cause, login=owner.ally_smtp_email)
+            kind, text = errors.classify(mailbox.env, cause, login=mailbox.address)
             if kind in errors.QUOTA_KINDS:
-                session.ally_smtp_paused = text
-            raise _failed(owner, kind, text, cause) from exc
+                batch.paused = text
+            raise _failed(mailbox, kind, text, cause) from exc
         self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_record(session, message)
         return result

@@ -1,3 +1,31 @@
+"""The send path of a personal mailbox, in order.
+
+1. **Routing** (``_ally_smtp_personal_servers``): a mail leaves from its
+   author's mailbox only when it is the author's own (created by them,
+   never changed by someone else); its personal ``ir.mail_server`` (one per
+   ``ally.smtp.mailbox`` in use) replaces any server it named.
+2. **Pacing** (``_ally_smtp_pace``, ``lib/pacing.py``, ``ally.smtp.send.log``):
+   what the mailbox's limits and pause let go now; the rest waits, queued.
+3. **Grant** (``ir_mail_server.granted``): ``_split_by_mail_configuration``
+   yields each batch inside a block that lets ``connect()`` sign in once
+   for it. The block's ``_Batch`` (``ir_mail_server.py``) is the one channel
+   between the later steps: ``sending_batch_of(server)`` finds it.
+4. **Login** (``ir.mail_server.connect`` -> ``_ally_smtp_connect`` ->
+   ``_smtp_login`` -> ``ally.smtp.mailbox._sign_in_smtp``): a verified-TLS
+   session signed in as the owner, password or XOAUTH2; the session carries
+   its batch (``ally_smtp_batch``) and the batch its mailbox.
+5. **Send** (``_send`` with the batch's ``Ledger``, ``_prepare_outgoing_list``,
+   ``ir.mail_server.send_email``): each mail claimed by one worker, sent to
+   the recipients no earlier attempt reached.
+6. **Record** (``ally.smtp.sent.copy.part._ally_smtp_record``): each accepted
+   SMTP transaction is kept at once on the ledger, with the bytes for the
+   Sent copy (``lib/mailbox._KeepSent`` keeps them on the session).
+7. **Post-process** (``_postprocess_sent_message``): a failure's kind, noted
+   by ``ir_mail_server._failed`` under ``cr.postcommit.data[FAILURES]`` (per
+   owner, read once here), decides between retrying later, waiting for a
+   window or a person, and Odoo's own failure.
+"""
+
 import logging
 from collections import defaultdict
 from datetime import timedelta
@@ -124,7 +152,8 @@ class MailMail(models.Model):
                 user = server.ally_smtp_owner_id
                 if server not in batches:
                     # paced when its turn comes: the window counts from then
-                    mails = self.browse(mail_ids)._ally_smtp_pace(user)
+                    mailbox = user._ally_smtp_mailbox()
+                    mails = self.browse(mail_ids)._ally_smtp_pace(mailbox)
                     batches[server] = tools.split_every(size, mails.ids)
                 batch_ids = next(batches[server], None)
                 if not batch_ids:
@@ -135,8 +164,8 @@ class MailMail(models.Model):
                     # no alias domain: the envelope must stay the user's mailbox
                     yield server.id, False, smtp_from, list(batch_ids)
 
-    def _ally_smtp_pace(self, user):
-        """The mails of ``user``'s mailbox that go now, in order; the others
+    def _ally_smtp_pace(self, mailbox):
+        """The mails of ``mailbox`` that go now, in order; the others
         wait, queued, for the window their mailbox's limits leave them.
 
         What goes is logged at once (one row): a mailbox is paced by one worker
@@ -144,10 +173,10 @@ class MailMail(models.Model):
         """
         now = fields.Datetime.now()
         mails = self.sudo()
-        user = user.sudo()
-        until = user.ally_smtp_paused_until
+        user = mailbox.user_id
+        until = mailbox.paused_until
         if until and until > now:
-            mails._ally_smtp_wait(until, user.ally_smtp_pause_reason)
+            mails._ally_smtp_wait(until, mailbox.pause_reason)
             return self.browse()
         cr = self.env.cr
         cr.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [PACING_LOCK, user.id])
@@ -173,7 +202,7 @@ class MailMail(models.Model):
                 }
             )
         if reopens:
-            reason = user.with_context(lang=user.lang)._ally_smtp_pacing_reason(
+            reason = mailbox.with_context(lang=user.lang)._pacing_reason(
                 limits, reopens
             )
             mails[count:]._ally_smtp_wait(reopens, reason)
@@ -300,6 +329,10 @@ class MailMail(models.Model):
         if not servers:
             return {}
         by_user = {server.ally_smtp_owner_id: server for server in servers}
+        mailboxes = {
+            mailbox.user_id: mailbox
+            for mailbox in servers.ally_smtp_owner_id._ally_smtp_mailbox()
+        }
         result, blocked = {}, {}
         for mail in self.sudo():
             user = mail.mail_message_id.create_uid
@@ -309,7 +342,7 @@ class MailMail(models.Model):
                 and not mail.ally_smtp_foreign_edit
                 and mail.create_uid == user
                 and mail.author_id == user.partner_id
-                and user.ally_smtp_use_own
+                and mailboxes[user].use_own
                 and not getattr(mail, "mailing_id", False)
             )
             named = mail.mail_server_id
@@ -325,14 +358,14 @@ class MailMail(models.Model):
                 continue
             if user.company_id.ally_smtp_fallback:
                 if user not in blocked:  # asked once per user (a token lookup)
-                    blocked[user] = user._ally_smtp_blocked()
+                    blocked[user] = mailboxes[user]._unusable()[1]
                 if blocked[user]:
-                    mail._ally_smtp_note_fallback(user, blocked[user])
+                    mail._ally_smtp_note_fallback(mailboxes[user], blocked[user])
                     continue
             result[mail.id] = server
         return result
 
-    def _ally_smtp_note_fallback(self, user, reason):
+    def _ally_smtp_note_fallback(self, mailbox, reason):
         message = self.mail_message_id
         if not (message.model and message.res_id):
             return
@@ -342,8 +375,8 @@ class MailMail(models.Model):
                 body=self.env._(
                     "Sent from the agency's mail server: the mailbox %(address)s of "
                     "%(name)s cannot be used now (%(reason)s).",
-                    address=user.ally_smtp_email,
-                    name=user.name,
+                    address=mailbox.address,
+                    name=mailbox.user_id.name,
                     reason=reason,
                 )
             )
@@ -367,13 +400,10 @@ class MailMail(models.Model):
         for mail in waiting:
             user = mail.sudo().mail_message_id.create_uid
             if kinds[user.id] == errors.QUOTA:
-                until = (
-                    user.ally_smtp_paused_until or fields.Datetime.now() + pacing.HOUR
-                )
-                mail._ally_smtp_wait(
-                    until, user.ally_smtp_pause_reason or failure_reason
-                )
-            else:  # until someone reconnects (see _ally_smtp_release), or a day
+                mailbox = user._ally_smtp_mailbox()
+                until = mailbox.paused_until or fields.Datetime.now() + pacing.HOUR
+                mail._ally_smtp_wait(until, mailbox.pause_reason or failure_reason)
+            else:  # until someone reconnects (``_send_waiting_now``), or a day
                 reason = failure_reason or mail.failure_reason
                 mail._ally_smtp_wait(fields.Datetime.now() + pacing.DAY, reason)
         waiting.sudo().ally_smtp_tried = True

@@ -390,29 +390,27 @@ class ResCompany(models.Model):
             # any change of the server makes the integration unchecked again
             self._ally_smtp_set_integrated(False)
         if refused:  # an admin changed the app: its waiting mail goes again
-            self.env["res.users"].sudo().search(
-                [("company_id", "in", refused.ids), ("ally_smtp_use_own", "=", True)]
-            )._ally_smtp_release()
+            self.env["ally.smtp.mailbox"].sudo().search(
+                [("company_id", "in", refused.ids), ("use_own", "=", True)]
+            )._send_waiting_now()
         if TRUST_FIELDS & vals.keys():
-            users = (
-                self.env["res.users"]
+            mailboxes = (
+                self.env["ally.smtp.mailbox"]
                 .sudo()
-                .search(
-                    [("company_id", "in", self.ids), ("ally_smtp_use_own", "=", True)]
-                )
+                .search([("company_id", "in", self.ids), ("use_own", "=", True)])
             )
-            moved = users.filtered(
-                lambda u: keys[u.company_id] != u.company_id._ally_smtp_server_key()
+            moved = mailboxes.filtered(
+                lambda m: keys[m.company_id] != m.company_id._ally_smtp_server_key()
             )
             if moved:
-                moved._ally_smtp_set_state("untested")
+                moved._set_state("untested")
                 _logger.info(
                     "ally_smtp: mail server changed; %s mailbox(es) wait for their "
                     "owner's Test",
                     len(moved),
                 )
             if SERVER_FIELDS & vals.keys():
-                users._ally_smtp_sync_server()
+                mailboxes._sync_server()
         return result
 
     def action_ally_smtp_integrate(self):

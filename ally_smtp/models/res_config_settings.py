@@ -86,7 +86,7 @@ class ResConfigSettings(models.TransientModel):
         """Re-encrypt the stored mailbox passwords with the newest key."""
         self.ensure_one()
         actions.check_settings_admin(self.env)
-        count = self.env["res.users"]._ally_smtp_rotate_keys()
+        count = self.env["ally.smtp.mailbox"]._rotate_keys()
         return actions.notify(
             _(
                 "%(count)s stored secret(s) re-encrypted with the newest key.",

@@ -174,13 +174,13 @@ class TestCredentials(AllySmtpCase):
         as_alice = self.alice.with_user(self.alice)
         self.assertFalse(as_alice.read(["ally_smtp_password"])[0]["ally_smtp_password"])
         self.assertTrue(as_alice.ally_smtp_password_set)
-        crypt = self.alice.sudo().ally_smtp_password_crypt
+        crypt = self.alice._ally_smtp_mailbox().password_crypt
         self.assertTrue(crypt)
         self.assertNotIn(secret, crypt)
         # writing empty keeps the stored password
         as_alice.write({"ally_smtp_password": False})
-        self.assertEqual(self.alice.sudo().ally_smtp_password_crypt, crypt)
-        self.assertEqual(self.alice.sudo()._ally_smtp_password(), secret)
+        self.assertEqual(self.alice._ally_smtp_mailbox().password_crypt, crypt)
+        self.assertEqual(self.alice._ally_smtp_mailbox()._password(), secret)
         # the clear action removes it
         as_alice.action_ally_smtp_clear_password()
         self.assertFalse(as_alice.ally_smtp_password_set)
@@ -199,7 +199,7 @@ class TestCredentials(AllySmtpCase):
                 with self.assertRaises(AccessError):
                     alice.write({"ally_smtp_password": "stolen"})
                 with self.assertRaises(AccessError):
-                    alice.read(["ally_smtp_password_crypt"])
+                    alice._ally_smtp_mailbox().with_user(who).read(["password_crypt"])
                 if who != admin:
                     with self.assertRaises(AccessError):
                         alice.write({"ally_smtp_use_own": False})
@@ -215,7 +215,7 @@ class TestCredentials(AllySmtpCase):
         # the settings admin can switch someone's mailbox off
         self.alice.with_user(admin).write({"ally_smtp_use_own": False})
         self.assertEqual(self.alice.ally_smtp_state, "off")
-        self.assertTrue(self.alice.sudo().ally_smtp_password_crypt)
+        self.assertTrue(self.alice._ally_smtp_mailbox().password_crypt)
 
     def test_changes_make_state_untested(self):
         self.alice.with_user(self.alice).action_ally_smtp_test()
@@ -243,6 +243,7 @@ class TestCredentials(AllySmtpCase):
             ally_smtp_email="erin-state@agency.test",
         )
         self.assertEqual(created.ally_smtp_state, "untested")
+        # a copy of a user has no mailbox of its own: not used
         self.assertEqual(self.bob.copy().ally_smtp_state, "off")
 
     def test_bad_input(self):
@@ -269,7 +270,7 @@ class TestCredentials(AllySmtpCase):
             as_alice.write({"ally_smtp_password": "x" * 300})
         self.assertEqual(self.alice.ally_smtp_email, "alice@agency.test")
         self.assertEqual(
-            self.alice.sudo()._ally_smtp_password(),
+            self.alice._ally_smtp_mailbox()._password(),
             self.harness["mailboxes"]["alice@agency.test"],
         )
 
@@ -282,32 +283,32 @@ class TestCredentials(AllySmtpCase):
     # -- encryption ---------------------------------------------------------
     def test_rotation_and_wrong_key(self):
         secret = self.harness["mailboxes"]["alice@agency.test"]
-        old_token = self.alice.sudo().ally_smtp_password_crypt
+        old_token = self.alice._ally_smtp_mailbox().password_crypt
         current = crypto._key_file(self.env)  # no key configured: the generated file
         new = Fernet.generate_key().decode()
         with patch.dict(config.options, {"ally_smtp_key": f"{new},{current}"}):
             # the old key still decrypts; rotation re-encrypts with the new one
-            self.assertEqual(self.alice.sudo()._ally_smtp_password(), secret)
+            self.assertEqual(self.alice._ally_smtp_mailbox()._password(), secret)
             self.env["res.config.settings"].create({}).action_ally_smtp_rotate_keys()
-            rotated = self.alice.sudo().ally_smtp_password_crypt
+            rotated = self.alice._ally_smtp_mailbox().password_crypt
             self.assertNotEqual(rotated, old_token)
             self.assertEqual(self.alice.ally_smtp_state, "untested")
         with patch.dict(config.options, {"ally_smtp_key": new}):
-            self.assertEqual(self.alice.sudo()._ally_smtp_password(), secret)
+            self.assertEqual(self.alice._ally_smtp_mailbox()._password(), secret)
         # a wrong key: a clear error naming the option, the ciphertext kept
         other = Fernet.generate_key().decode()
         with patch.dict(config.options, {"ally_smtp_key": other}):
             with self.assertRaises(UserError) as caught:
-                self.alice.sudo()._ally_smtp_password()
+                self.alice._ally_smtp_mailbox()._password()
             self.assertIn("ally_smtp_key", str(caught.exception))
             with self.assertRaises(UserError) as caught:
                 self.alice.with_user(self.alice).action_ally_smtp_test()
             self.assertIn("ally_smtp_key", str(caught.exception))
         with patch.dict(config.options, {"ally_smtp_key": "not-a-key"}):
             with self.assertRaises(UserError) as caught:
-                self.alice.sudo()._ally_smtp_password()
+                self.alice._ally_smtp_mailbox()._password()
             self.assertIn("ally_smtp_key", str(caught.exception))
-        self.assertEqual(self.alice.sudo().ally_smtp_password_crypt, rotated)
+        self.assertEqual(self.alice._ally_smtp_mailbox().password_crypt, rotated)
 
     def test_plaintext_nowhere_in_database_or_logs(self):
         secret = self.harness["mailboxes"]["bob@agency.test"]
@@ -339,11 +340,13 @@ class TestCredentials(AllySmtpCase):
             if cr.fetchone():
                 found.append(f"{table}.{column}")
         self.assertEqual(found, [])
-        # exports go through the same field access: nothing to export
+        # exports go through the same record rules: nothing to export
         exporter = new_test_user(
             self.env, login="exporter", groups="base.group_user,base.group_allow_export"
         )
+        exported = self.bob.with_user(exporter).export_data(["ally_smtp_email"])
+        self.assertEqual(exported["datas"], [[""]])
         with self.assertRaises(AccessError):
-            self.bob.with_user(exporter).export_data(["ally_smtp_email"])
+            self.bob._ally_smtp_mailbox().with_user(exporter).export_data(["address"])
         exported = self.bob.with_user(exporter).export_data(["ally_smtp_password"])
         self.assertEqual(exported["datas"], [[""]])

@@ -63,16 +63,22 @@ class OAuthCase(AllySmtpCase):
     # -- helpers --------------------------------------------------------------
     def connect(self, user, account=None):
         """Connect as a person would: consent as ``account``, then callback."""
-        url, pending = user.with_user(user)._ally_smtp_oauth_authorize(self.redirect)
+        url, pending = (
+            user.with_user(user)
+            ._ally_smtp_own_mailbox()
+            ._oauth_authorize(self.redirect)
+        )
         location = self.oauth.consent(url, account or user.ally_smtp_email)
         code, state = code_and_state(location)
         self.assertEqual(state, pending["state"])
-        return user.with_user(user)._ally_smtp_oauth_finish(
-            pending, code, self.redirect
+        return (
+            user.with_user(user)
+            ._ally_smtp_own_mailbox()
+            ._oauth_finish(pending, code, self.redirect)
         )
 
     def token(self, user):
-        return user._ally_smtp_oauth_token()
+        return user._ally_smtp_mailbox()._oauth_token()
 
     def due(self, user):
         """Make the stored access token due for a refresh (seen by the
@@ -105,7 +111,11 @@ class TestGoogle(OAuthCase):
 
     def test_authorize_url_binds_pkce_state_and_login_hint(self):
         alice = self.alice
-        url, pending = alice.with_user(alice)._ally_smtp_oauth_authorize(self.redirect)
+        url, pending = (
+            alice.with_user(alice)
+            ._ally_smtp_own_mailbox()
+            ._oauth_authorize(self.redirect)
+        )
         query = parse_qs(urlsplit(url).query)
         self.assertTrue(url.startswith(self.harness["oauth"]["google"]["base_url"]))
         self.assertEqual(query["login_hint"], ["alice@agency.test"])
@@ -117,7 +127,9 @@ class TestGoogle(OAuthCase):
         self.assertEqual(pending["uid"], alice.id)
         # nobody else starts a Connect for Alice
         with self.assertRaises(AccessError):
-            alice.with_user(self.bob)._ally_smtp_oauth_authorize(self.redirect)
+            alice.with_user(self.bob)._ally_smtp_own_mailbox()._oauth_authorize(
+                self.redirect
+            )
 
     def test_connect_send_and_file_over_xoauth2(self):
         connected, message = self.connect(self.alice)

@@ -233,16 +233,21 @@ class TestSecurity(AllySmtpCase):
                 self.env["ir.mail_server"].with_user(who).search([])
 
     def test_admins_cannot_set_a_mailbox_status_or_edit_its_server(self):
-        admin_view = self.alice.with_user(self.admin)
-        for field, value in (
-            ("ally_smtp_state", "ok"),
-            ("ally_smtp_server_key", "elsewhere|465|ssl||True"),
-            ("ally_smtp_sent_folder", "Trash"),
-            ("ally_smtp_paused_until", False),
-            ("ally_smtp_pause_reason", "none"),
+        for view in (
+            self.alice._ally_smtp_mailbox().with_user(self.admin),
+            self.alice._ally_smtp_mailbox().with_user(self.alice),
         ):
-            with self.subTest(field=field), self.assertRaises(AccessError):
-                admin_view.write({field: value})
+            for field, value in (
+                ("state", "ok"),
+                ("server_fingerprint", "elsewhere|465|ssl||True"),
+                ("sent_folder", "Trash"),
+                ("paused_until", False),
+                ("pause_reason", "none"),
+                ("password_crypt", "x"),
+                ("user_id", self.bob.id),
+            ):
+                with self.subTest(field=field), self.assertRaises(AccessError):
+                    view.write({field: value})
         with self.assertRaises(AccessError):
             self.alice_server.with_user(self.admin).write({"smtp_user": "x@y.test"})
         with self.assertRaises(AccessError):
@@ -270,16 +275,22 @@ class TestSecurity(AllySmtpCase):
             "ally_smtp_pause_reason",
         ):
             with self.subTest(field=field):
-                with self.assertRaises(AccessError):
-                    self.alice.with_user(self.bob).read([field])
-                with self.assertRaises(AccessError):
-                    Users.with_user(self.bob).search([(field, "!=", False)])
-                with self.assertRaises(AccessError):
-                    Users.with_user(self.bob).search([], order=field)
-                with self.assertRaises(AccessError):
-                    Users.with_user(self.bob).read_group([], [field], [field])
-                with self.assertRaises(AccessError):
-                    self.alice.with_user(self.bob).export_data([field])
+                # a colleague reads, searches and exports them empty
+                (seen,) = self.alice.with_user(self.bob).read([field])
+                empty = "off" if field == "ally_smtp_state" else False
+                self.assertEqual(seen[field], empty)
+                found = Users.with_user(self.bob).search([(field, "!=", False)])
+                self.assertNotIn(self.alice, found)
+                exported = self.alice.with_user(self.bob).export_data([field])
+                self.assertEqual(exported["datas"], [["Not used" if empty else ""]])
+        # and the mailbox itself is out of reach (record rules)
+        mailbox = self.alice._ally_smtp_mailbox()
+        Mailbox = self.env["ally.smtp.mailbox"].with_user(self.bob)
+        self.assertEqual(Mailbox.search([]), self.bob._ally_smtp_mailbox())
+        with self.assertRaises(AccessError):
+            mailbox.with_user(self.bob).read(["address"])
+        with self.assertRaises(AccessError):
+            mailbox.with_user(self.bob).write({"use_own": False})
         (own,) = self.alice.with_user(self.alice).read(["ally_smtp_email"])
         self.assertEqual(own["ally_smtp_email"], "alice@agency.test")
         (seen,) = self.alice.with_user(self.admin).read(["ally_smtp_email"])
@@ -315,7 +326,7 @@ class TestSecurity(AllySmtpCase):
         self.alice.with_user(self.alice).ally_smtp_password = self.harness["mailboxes"][
             "alice@agency.test"
         ]
-        self.assertFalse(self.alice._ally_smtp_blocked())
+        self.assertEqual(self.alice._ally_smtp_mailbox()._unusable(), (False, False))
 
     def test_no_new_key_while_passwords_are_stored(self):
         with (
@@ -325,10 +336,10 @@ class TestSecurity(AllySmtpCase):
             mute_logger("odoo.addons.ally_smtp.lib.crypto"),
         ):
             with self.assertRaises(UserError) as caught:
-                self.alice.sudo()._ally_smtp_password()
+                self.alice._ally_smtp_mailbox()._password()
             self.assertIn("ally_smtp_key", str(caught.exception))
             self.assertEqual(os.listdir(data_dir), [])
-        self.assertTrue(self.alice.sudo().ally_smtp_password_crypt)
+        self.assertTrue(self.alice._ally_smtp_mailbox().password_crypt)
 
     def test_key_file_is_whole_for_every_reader(self):
         with tempfile.TemporaryDirectory() as data_dir:

@@ -521,12 +521,5 @@ class TestFilingRunsAtOnce(TransactionCase):
             env["ally.smtp.sent.copy.part"].search(
                 [("user_id", "=", admin_id)]
             ).unlink()
-            env["res.users"].browse(admin_id).write(
-                {
-                    "ally_smtp_use_own": False,
-                    "ally_smtp_email": False,
-                    "ally_smtp_password_crypt": False,
-                    "ally_smtp_sent_folder": False,
-                }
-            )
+            env["res.users"].browse(admin_id)._ally_smtp_mailbox().unlink()
             env.ref("base.main_company").write(saved)

@@ -187,7 +187,7 @@ class TestTours(AllySmtpMixin, HttpCase):
         oauth_server = OAuthServer(self.harness)
         for lang in LANGS:
             with self.subTest(lang=lang):
-                dave.sudo()._ally_smtp_oauth_token().unlink()
+                dave._ally_smtp_mailbox()._oauth_token().unlink()
                 self.tour(
                     "/odoo",
                     "ally_smtp_preferences_oauth_connect",
@@ -249,5 +249,5 @@ class TestTours(AllySmtpMixin, HttpCase):
         page = self.url_open(callback)
         self.assertIn("alert-danger", page.text)
         self.env.invalidate_all()
-        self.assertFalse(erin.sudo()._ally_smtp_oauth_token())
-        self.assertFalse(self.bob.sudo()._ally_smtp_oauth_token())
+        self.assertFalse(erin._ally_smtp_mailbox()._oauth_token())
+        self.assertFalse(self.bob._ally_smtp_mailbox()._oauth_token())
