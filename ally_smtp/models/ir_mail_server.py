@@ -101,7 +101,7 @@ class AllySmtpDeliveryError(MailDeliveryException):
         self.kind = kind
 
 
-def _failed(mailbox, kind, message, exc=None):
+def _note_failure(mailbox, kind, message, exc=None):
     """Note why ``mailbox``'s mail failed and act on it; return the error.
 
     ``mail.mail`` post-processing reads the kind back (``FAILURES``); a
@@ -221,7 +221,7 @@ class IrMailServer(models.Model):
         mailbox = batch.mailbox = mailbox.with_context(lang=mailbox.user_id.lang)
         kind, blocked = mailbox._unusable()
         if blocked:
-            raise _failed(mailbox, kind, blocked)
+            raise _note_failure(mailbox, kind, blocked)
         host, port = company.ally_smtp_host.strip(), company.ally_smtp_port
         try:
             connection = company._ally_smtp_open_smtp()
@@ -235,7 +235,7 @@ class IrMailServer(models.Model):
                 mailbox.env, exc, host, port, self.smtp_user
             )
             _logger.info("ally_smtp: user %s cannot send: %s", mailbox.user_id.id, exc)
-            raise _failed(mailbox, kind, message, exc) from None
+            raise _note_failure(mailbox, kind, message, exc) from None
         connection.from_filter = self.from_filter
         connection.smtp_from = smtp_from
         connection.ally_smtp_batch = batch
@@ -262,7 +262,7 @@ class IrMailServer(models.Model):
         if batch.paused:
             # the provider said "too much" earlier in this session: the rest of
             # the batch waits without asking it again
-            raise _failed(mailbox, errors.QUOTA, batch.paused)
+            raise _note_failure(mailbox, errors.QUOTA, batch.paused)
         try:
             result = super().send_email(message, *args, **kwargs)
         except (MailDeliveryException, smtplib.SMTPServerDisconnected) as exc:
@@ -270,6 +270,6 @@ class IrMailServer(models.Model):
             kind, text = errors.classify(mailbox.env, cause, login=mailbox.address)
             if kind in errors.QUOTA_KINDS:
                 batch.paused = text
-            raise _failed(mailbox, kind, text, cause) from exc
+            raise _note_failure(mailbox, kind, text, cause) from exc
         self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_record(session, message)
         return result

@@ -106,7 +106,9 @@ class MailMail(models.Model):
     )
     # kept queued after an attempt (a retry, a quota): it may have reached
     # some recipients already, whom sending it again leaves out
-    ally_smtp_tried = fields.Boolean("Attempted before", copy=False, readonly=True)
+    ally_smtp_partly_sent = fields.Boolean(
+        "May have reached some recipients", copy=False, readonly=True
+    )
 
     # what is sent: once someone but the author changed it, it is not the
     # author's own mail any more and never leaves from the author's mailbox
@@ -255,7 +257,7 @@ class MailMail(models.Model):
         dies, a send that Odoo rolls back after it went out, a temporary
         failure or a quota partway leave the whole mail queued. The addresses
         already reached are in the batch's ledger (read when ``_send`` claimed
-        the mail); a mail kept queued after an attempt (``ally_smtp_tried``)
+        the mail); a mail kept queued after an attempt (``ally_smtp_partly_sent``)
         also skips the partners whose notification says sent: a mail tried
         before 18.0.1.4.0 without Sent copies has no ledger rows.
 
@@ -277,9 +279,11 @@ class MailMail(models.Model):
                 ]
         batch.mail_id = self.id
         reached = batch.ledger.reached.get(self.id, set()) if batch.ledger else set()
-        if not (reached or self.ally_smtp_tried):
+        if not (reached or self.ally_smtp_partly_sent):
             return emails
-        notified = set(self._ally_smtp_notified().ids) if self.ally_smtp_tried else ()
+        notified = ()
+        if self.ally_smtp_partly_sent:
+            notified = set(self._ally_smtp_notified().ids)
         left = [
             email
             for email in emails
@@ -406,7 +410,7 @@ class MailMail(models.Model):
             else:  # until someone reconnects (``_send_waiting_now``), or a day
                 reason = failure_reason or mail.failure_reason
                 mail._ally_smtp_wait(fields.Datetime.now() + pacing.DAY, reason)
-        waiting.sudo().ally_smtp_tried = True
+        waiting.sudo().ally_smtp_partly_sent = True
         if kinds and failure_type in ("mail_smtp", "unknown"):
             temporary = self.filtered(
                 lambda mail: (
@@ -455,7 +459,7 @@ class MailMail(models.Model):
                     "state": "outgoing",
                     "scheduled_date": when,
                     "ally_smtp_attempts": mail.ally_smtp_attempts + 1,
-                    "ally_smtp_tried": True,
+                    "ally_smtp_partly_sent": True,
                 }
             )
             cron._trigger(at=when)

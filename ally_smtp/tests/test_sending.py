@@ -318,7 +318,7 @@ class TestSending(AllySmtpCase):
                 self.smtp.reset()
                 mail, addresses = self.queue_chunk_failing_at(20)
                 # what the lost send transaction would not have committed
-                mail.write({"ally_smtp_tried": False, "ally_smtp_attempts": 0})
+                mail.write({"ally_smtp_partly_sent": False, "ally_smtp_attempts": 0})
                 self.env["mail.notification"].search(
                     [("mail_mail_id", "=", mail.id)]
                 ).notification_status = "ready"
@@ -334,7 +334,7 @@ class TestSending(AllySmtpCase):
             self.run_queue()
             self.assertEqual(len(self.smtp.messages()), 0)
             self.assertEqual(mail.state, "outgoing")
-            self.assertFalse(mail.ally_smtp_tried)
+            self.assertFalse(mail.ally_smtp_partly_sent)
             other.execute("SELECT pg_advisory_unlock_all()")
         self.run_queue()
         self.assertEqual(mail.state, "sent")
