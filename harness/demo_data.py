@@ -1,11 +1,21 @@
 """Demo data for ``make demo``, run inside ``odoo-bin shell`` (never installed
 with the addon, so it cannot land in a production database by accident).
 
-Expects ``env`` (given by the Odoo shell) and ``ALLY_SMTP_HARNESS``.
+Expects ``env`` (given by the Odoo shell) and ``ALLY_SMTP_HARNESS``. The
+company and server values are those of the tests (``ally_smtp/tests/servers.py``,
+plain Python, loaded from the addon's folder).
 """
 
-import json
+import importlib.util
 import os
+
+from odoo.tools.misc import file_path
+
+_spec = importlib.util.spec_from_file_location(
+    "ally_smtp_servers", file_path("ally_smtp/tests/servers.py")
+)
+servers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(servers)
 
 CONSULTANTS = [
     # login, name, mailbox (bob's provider files Sent itself, like Gmail)
@@ -22,36 +32,15 @@ STUDENTS = [
 
 
 def load(env):
-    with open(os.environ["ALLY_SMTP_HARNESS"]) as f:
-        info = json.load(f)
+    info = servers.harness()
     boxes = info["mailboxes"]
     company = env.company
-    company.write(
-        {
-            "name": "Ally Intercâmbio",
-            "ally_smtp_enabled": True,
-            "ally_smtp_provider": "custom",
-            "ally_smtp_host": info["smtp"]["host"],
-            "ally_smtp_port": info["smtp"]["ports"]["ssl"],
-            "ally_smtp_encryption": "ssl",
-            "ally_smtp_imap_host": info["imap"]["host"],
-            "ally_smtp_imap_port": info["imap"]["port"],
-            "ally_smtp_sent_copy": "auto",
-        }
-    )
+    company.write(servers.company_values(info, name="Ally Intercâmbio"))
     company.action_ally_smtp_integrate()
 
     # the agency's own server, for notifications and users without a mailbox
     env["ir.mail_server"].create(
-        {
-            "name": "Agency notifications",
-            "smtp_host": info["smtp"]["host"],
-            "smtp_port": info["smtp"]["ports"]["ssl"],
-            "smtp_encryption": "ssl",
-            "smtp_authentication": "login",
-            "smtp_user": "carol@agency.test",
-            "smtp_pass": boxes["carol@agency.test"],
-        }
+        servers.agency_server_values(info, name="Agency notifications")
     )
 
     for login, name, mailbox in CONSULTANTS:
@@ -59,7 +48,7 @@ def load(env):
         user.with_user(user).write({"ally_smtp_password": boxes[mailbox]})
         user.with_user(user).action_ally_smtp_test()
 
-    _google_agency(env, info, company)
+    _google_agency(env, info)
 
     for name, email in STUDENTS:
         student = env["res.partner"].create({"name": name, "email": email})
@@ -94,7 +83,7 @@ def _consultant(env, login, name, mailbox, company):
     return user
 
 
-def _google_agency(env, info, company):
+def _google_agency(env, info):
     """A second company on the same servers, signing in with Google accounts."""
     app = info["oauth"]["google"]
     env["ir.config_parameter"].set_param(
@@ -104,20 +93,11 @@ def _google_agency(env, info, company):
         "ally_smtp.oauth_google_base_url", app["base_url"]
     )
     google = env["res.company"].create(
-        {
-            "name": "Ally Intercâmbio (Google)",
-            "ally_smtp_enabled": True,
-            "ally_smtp_provider": "custom",
-            "ally_smtp_host": company.ally_smtp_host,
-            "ally_smtp_port": company.ally_smtp_port,
-            "ally_smtp_encryption": company.ally_smtp_encryption,
-            "ally_smtp_imap_host": company.ally_smtp_imap_host,
-            "ally_smtp_imap_port": company.ally_smtp_imap_port,
-            "ally_smtp_sent_copy": "auto",
-            "ally_smtp_auth_method": "google",
-            "ally_smtp_oauth_client_id": app["client_id"],
-            "ally_smtp_oauth_client_secret": app["client_secret"],
-        }
+        servers.company_values(
+            info,
+            name="Ally Intercâmbio (Google)",
+            **servers.oauth_values(info, "google"),
+        )
     )
     google.action_ally_smtp_integrate()
     _consultant(env, *GOOGLE_CONSULTANT, google)

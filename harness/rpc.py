@@ -237,10 +237,7 @@ class Agency:
                 info,
                 name="OAuth Agency",
                 ally_smtp_sent_copy="always",
-                ally_smtp_auth_method="microsoft",
-                ally_smtp_oauth_client_id=app["client_id"],
-                ally_smtp_oauth_client_secret=app["client_secret"],
-                ally_smtp_oauth_tenant=app["tenant"],
+                **servers.oauth_values(info, "microsoft"),
             ),
         )
         self.users, self.rpc = {}, {}

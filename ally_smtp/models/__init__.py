@@ -11,5 +11,6 @@ from . import mail_message
 from . import mail_scheduled_message
 from . import mail_template
 from . import res_company
+from . import res_company_oauth
 from . import res_config_settings
 from . import res_users

@@ -66,6 +66,20 @@ def company_values(info, encryption="ssl", **values):
     }
 
 
+def oauth_values(info, provider):
+    """A company's sign-in with the harness's ``provider`` app (google or
+    microsoft): the values to add to ``company_values``."""
+    app = info["oauth"][provider]
+    values = {
+        "ally_smtp_auth_method": provider,
+        "ally_smtp_oauth_client_id": app["client_id"],
+        "ally_smtp_oauth_client_secret": app["client_secret"],
+    }
+    if "tenant" in app:
+        values["ally_smtp_oauth_tenant"] = app["tenant"]
+    return values
+
+
 class SmtpServer:
     """Client of the harness SMTP server's control API."""
 
