@@ -100,6 +100,8 @@ class AllySmtpMailbox(models.Model):
             user = self.env["res.users"].browse(vals["user_id"])
             self._check_address_free(vals.get("address"), user.company_id.id)
         mailboxes = super().create(vals_list)
+        # users show their mailbox (``ally_smtp_mailbox_id``) from now on
+        self.env["res.users"].invalidate_model(["ally_smtp_mailbox_id"])
         mailboxes.filtered("use_own")._set_state("untested")
         mailboxes._sync_server()
         return mailboxes
@@ -135,6 +137,7 @@ class AllySmtpMailbox(models.Model):
             .search([("ally_smtp_owner_id", "in", self.user_id.ids)])
         )
         result = super().unlink()
+        self.env["res.users"].invalidate_model(["ally_smtp_mailbox_id"])
         servers.unlink()
         return result
 

@@ -141,7 +141,6 @@ class ResUsers(models.Model):
                 if values
             ]
         )
-        users.invalidate_recordset(["ally_smtp_mailbox_id"])
         return users
 
     def write(self, vals):
@@ -171,7 +170,6 @@ class ResUsers(models.Model):
             elif any(values.values()):
                 user._ally_smtp_check_self()
                 Mailbox.sudo().create(dict(values, user_id=user.id))
-        self.invalidate_recordset(["ally_smtp_mailbox_id"])
 
     def _ally_smtp_check_self(self):
         """Only the user sets up their own mailbox; admins may only turn it off."""
