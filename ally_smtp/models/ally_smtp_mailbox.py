@@ -14,6 +14,13 @@ MAX_PASSWORD = 256
 # what its owner writes; the rest is written by ally_smtp itself (a Test, a
 # refused login, a quota), as superuser
 OWNER_FIELDS = {"use_own", "address", "password"}
+STATES = [
+    ("off", "Not used"),
+    ("untested", "Not tested"),
+    ("ok", "Working"),
+    ("failed", "Failed"),
+    ("reconnect", "Reconnect needed"),
+]
 
 
 class AllySmtpMailbox(models.Model):
@@ -56,13 +63,7 @@ class AllySmtpMailbox(models.Model):
     # (``res.company._ally_smtp_server_key``): a new server needs a Test
     server_fingerprint = fields.Char("Server the password is for", readonly=True)
     state = fields.Selection(
-        [
-            ("off", "Not used"),
-            ("untested", "Not tested"),
-            ("ok", "Working"),
-            ("failed", "Failed"),
-            ("reconnect", "Reconnect needed"),
-        ],
+        STATES,
         "SMTP status",
         default="off",
         required=True,

@@ -173,7 +173,10 @@ class AllySmtpMailbox(models.Model):
 
     def _record_after_rollback(self, state, message):
         with self.env.registry.cursor() as cr:
-            self.with_env(self.env(cr=cr))._set_state(state, message, tested=True)
+            # kept in a variable: the cursor's commit flushes the writes of the
+            # environments still alive, and a temporary one may be gone by then
+            mailbox = self.with_env(self.env(cr=cr))
+            mailbox._set_state(state, message, tested=True)
 
     # -- OAuth: connect, disconnect -------------------------------------------
     def _oauth_disconnect(self):

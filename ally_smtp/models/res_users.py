@@ -2,6 +2,7 @@ from odoo import _, api, fields, models
 from odoo.exceptions import AccessError, UserError
 
 from ..lib import actions
+from .ally_smtp_mailbox import STATES
 
 # what My Profile shows of the user's mailbox (``ally.smtp.mailbox``), under
 # the names consultants and integrators use: res.users field -> mailbox field
@@ -46,7 +47,7 @@ class ResUsers(models.Model):
     )
     # "Not used" also for a user who never had a mailbox
     ally_smtp_state = fields.Selection(
-        lambda self: self.env["ally.smtp.mailbox"]._fields["state"].selection,
+        STATES,
         "SMTP status",
         compute="_compute_ally_smtp_state",
         search="_search_ally_smtp_state",

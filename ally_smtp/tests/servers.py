@@ -70,14 +70,12 @@ def oauth_values(info, provider):
     """A company's sign-in with the harness's ``provider`` app (google or
     microsoft): the values to add to ``company_values``."""
     app = info["oauth"][provider]
-    values = {
+    return {
         "ally_smtp_auth_method": provider,
         "ally_smtp_oauth_client_id": app["client_id"],
         "ally_smtp_oauth_client_secret": app["client_secret"],
+        "ally_smtp_oauth_tenant": app.get("tenant") or False,
     }
-    if "tenant" in app:
-        values["ally_smtp_oauth_tenant"] = app["tenant"]
-    return values
 
 
 class SmtpServer:

@@ -18,7 +18,7 @@ from odoo.tests import tagged
 from ..lib import errors, oauth
 from ..models import ally_smtp_oauth_token as oauth_token_module
 from .common import AllySmtpCase, Mailbox
-from .servers import OAuthServer
+from .servers import OAuthServer, oauth_values
 
 
 def code_and_state(location):
@@ -41,13 +41,7 @@ class OAuthCase(AllySmtpCase):
         params.set_param(oauth.param(cls.profile), app["base_url"])
         params.set_param("web.base.url", "http://localhost:8069")
         cls.company.write(
-            {
-                "ally_smtp_auth_method": cls.profile,
-                "ally_smtp_oauth_client_id": app["client_id"],
-                "ally_smtp_oauth_client_secret": app["client_secret"],
-                "ally_smtp_oauth_tenant": app.get("tenant") or False,
-                "ally_smtp_sent_copy": "always",
-            }
+            dict(oauth_values(cls.harness, cls.profile), ally_smtp_sent_copy="always")
         )
         cls.student = cls.env["res.partner"].create(
             {"name": "Student One", "email": "student1@school.test"}

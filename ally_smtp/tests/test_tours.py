@@ -17,7 +17,7 @@ from odoo.tests.common import ChromeBrowser
 from odoo.tools import mute_logger
 
 from .common import AllySmtpMixin
-from .servers import OAuthServer
+from .servers import OAuthServer, oauth_values
 
 LANGS = {"en_US": "en", "pt_BR": "pt_BR"}
 
@@ -97,12 +97,14 @@ class TestTours(AllySmtpMixin, HttpCase):
                 self.tour(
                     "/odoo", "ally_smtp_preferences", carol, lang, values, "preferences"
                 )
+                self.env.invalidate_all()  # what the browser's requests wrote
                 self.assertEqual(carol.ally_smtp_state, "ok")
                 # the refusal is a UserError, which odoo.http logs as a warning
                 with mute_logger("odoo.http"):
                     self.tour(
                         "/odoo", "ally_smtp_preferences_wrong_password", carol, lang
                     )
+                self.env.invalidate_all()
                 self.assertEqual(carol.ally_smtp_email, mailbox)
                 self.assertTrue(carol.ally_smtp_use_own)
                 # the good password signed in, then the wrong one was refused
@@ -140,14 +142,7 @@ class TestTours(AllySmtpMixin, HttpCase):
         params = self.env["ir.config_parameter"].sudo()
         params.set_param(f"ally_smtp.oauth_{profile}_base_url", app["base_url"])
         params.set_param("web.base.url", self.base_url())
-        self.company.write(
-            {
-                "ally_smtp_auth_method": profile,
-                "ally_smtp_oauth_client_id": app["client_id"],
-                "ally_smtp_oauth_client_secret": app["client_secret"],
-                "ally_smtp_oauth_tenant": app.get("tenant") or False,
-            }
-        )
+        self.company.write(oauth_values(self.harness, profile))
 
     def test_admin_chooses_microsoft_sign_in(self):
         admin = self.env.ref("base.user_admin")
