@@ -1,6 +1,7 @@
 from . import ally_smtp_oauth_token
 from . import ally_smtp_send_log
 from . import ally_smtp_sent_copy
+from . import ally_smtp_sent_copy_filing
 from . import ally_smtp_sent_copy_part
 from . import ir_mail_server
 from . import mail_compose_message
