@@ -23,9 +23,7 @@ from unittest.mock import patch
 from odoo import SUPERUSER_ID, Command, api, modules, sql_db
 from odoo.tests import TransactionCase, new_test_user, tagged
 
-from odoo.addons.ally_smtp.models.ally_smtp_sent_copy_part import (
-    AllySmtpSentCopyPart,
-)
+from odoo.addons.ally_smtp.models.ally_smtp_delivery import AllySmtpDelivery
 from odoo.addons.ally_smtp.tests.common import (
     AllySmtpCase,
     Mailbox,
@@ -178,7 +176,7 @@ class QueueBench(TransactionCase):
             )
             env["mail.mail"].search([("mail_message_id", "in", messages.ids)]).unlink()
             messages.unlink()
-            env["ally.smtp.sent.copy.part"].search([]).unlink()
+            env["ally.smtp.delivery"].search([]).unlink()
             env["ally.smtp.sent.copy"].search([]).unlink()
 
     def _personal(self, env, user, mailbox):
@@ -478,7 +476,7 @@ class BenchQueueRun(PersonalBench):
         queries, smtp_logins, imap_logins = {}, {}, {}
         raws, filing_runs = None, []
         # what the Sent copy adds to the send transaction, timed from inside
-        record, spent = _timed(AllySmtpSentCopyPart, "_ally_smtp_record")
+        record, spent = _timed(AllySmtpDelivery, "_ally_smtp_record")
 
         def send(label):
             nonlocal raws
@@ -647,8 +645,8 @@ class BenchAgency(QueueBench):
 @tagged("post_install", "-at_install")
 class BenchFiling(PersonalBench):
     """Only the filing: the copies of one 'always' queue run of 500 mails are
-    filed again round after round (their parts restored as the send path left
-    them), in turns with the raw APPEND loop of the same messages: in mode
+    filed again round after round (their deliveries restored as the send path
+    left them), in turns with the raw APPEND loop of the same messages: in mode
     'always', and in mode 'auto' where each copy is looked for first (the
     provider filed none of them).
 
@@ -656,34 +654,34 @@ class BenchFiling(PersonalBench):
     'always') and writes its statistics there.
     """
 
-    def _save_parts(self):
+    def _save_deliveries(self):
         with self.registry.cursor() as cr:
             cr.execute(
-                # the parts the send path just left: filed ones stay, without
+                # the deliveries the send path just left: filed ones stay, without
                 # their bytes, as the record of whom their mail reached
-                "CREATE TABLE ally_smtp_bench_parts AS "
-                "SELECT * FROM ally_smtp_sent_copy_part WHERE copy_id IS NULL"
+                "CREATE TABLE ally_smtp_bench_deliveries AS "
+                "SELECT * FROM ally_smtp_delivery WHERE copy_id IS NULL"
             )
-        self.addCleanup(self._drop_parts)
+        self.addCleanup(self._drop_deliveries)
 
-    def _drop_parts(self):
+    def _drop_deliveries(self):
         with self.registry.cursor() as cr:
-            cr.execute("DROP TABLE IF EXISTS ally_smtp_bench_parts")
+            cr.execute("DROP TABLE IF EXISTS ally_smtp_bench_deliveries")
 
-    def _restore_parts(self, mode):
-        """The copies as the send path left them: parts only, none gathered."""
+    def _restore_deliveries(self, mode):
+        """The copies as the send path left them: deliveries only, none gathered."""
         with self.registry.cursor() as cr:
             cr.execute(
-                "DELETE FROM ally_smtp_sent_copy; DELETE FROM ally_smtp_sent_copy_part;"
-                "INSERT INTO ally_smtp_sent_copy_part "
-                "SELECT * FROM ally_smtp_bench_parts"
+                "DELETE FROM ally_smtp_sent_copy; DELETE FROM ally_smtp_delivery;"
+                "INSERT INTO ally_smtp_delivery "
+                "SELECT * FROM ally_smtp_bench_deliveries"
             )
             env = api.Environment(cr, SUPERUSER_ID, {})
             env.ref("base.main_company").ally_smtp_sent_copy = mode
         self.box.purge()
 
     def _profile(self, path):
-        self._restore_parts("always")
+        self._restore_deliveries("always")
 
         def work(env):
             profile = cProfile.Profile()
@@ -703,14 +701,14 @@ class BenchFiling(PersonalBench):
         self._file()
         self.box.purge()
         *_sent, raws = self._run(self.personal_uid, "always", MAILS)
-        self._save_parts()
+        self._save_deliveries()
         seconds = defaultdict(list)
         queries, logins, runs = {}, {}, []
         steps = [append, *modes]
         for rnd in range(ROUNDS):  # the order rotates from round to round
             for step in steps[rnd % 3 :] + steps[: rnd % 3]:
                 if step in modes:
-                    self._restore_parts(modes[step])
+                    self._restore_deliveries(modes[step])
                     secs, queries[step], logins[step], count = self._file_all()
                     runs.append(count)
                 else:

@@ -167,7 +167,8 @@ def check_upgrade(odoo_path, services):
         print(
             f"harness: in flight: {len(flight['outgoing'])} queued mails, "
             f"{len(flight['copies'])} copies to retry, {len(flight['loose'])} "
-            "messages with copies not gathered, Bob's mailbox paused, "
+            f"messages with copies not gathered, {len(flight['deliveries'])} "
+            "deliveries recorded, Bob's mailbox paused, "
             f"{len(flight['sign_ins'])} OAuth sign-in",
             flush=True,
         )

@@ -18,6 +18,21 @@ MAILBOXES = {"ana": PEOPLE["ana"][0], "bob": PEOPLE["bob"][0], "olga": OLGA}
 QUOTA = "550 5.4.5 Daily user sending limit exceeded"
 MAIL_QUEUE = "mail.ir_cron_mail_scheduler_action"
 FILING = "ally_smtp.ir_cron_sent_copy"
+# the record of each SMTP transaction a provider accepted, under its name in
+# PREVIOUS_RELEASE (upgrade.py) and in the working tree: 18.0.1.5.0 renamed it
+DELIVERIES_BEFORE = "ally.smtp.sent.copy.part"
+DELIVERIES = "ally.smtp.delivery"
+DELIVERY_FIELDS = [
+    "copy_id",
+    "user_id",
+    "mail_id",
+    "message_id",
+    "subject",
+    "recipients",
+    "cc",
+    "sent_at",
+    "reached_only",
+]
 USER_FIELDS = [
     "ally_smtp_state",
     "ally_smtp_password_set",
@@ -130,7 +145,7 @@ def record(world, messages):
         ["message_id", "state", "last_error"],
     )
     loose = admin(
-        "ally.smtp.sent.copy.part",
+        DELIVERIES_BEFORE,
         "search_read",
         [("message_id", "in", ids), ("copy_id", "=", False)],
         ["message_id"],
@@ -146,6 +161,8 @@ def record(world, messages):
         },
         "copies": {c["message_id"]: c["state"] for c in copies},
         "loose": sorted({p["message_id"] for p in loose}),
+        "deliveries": deliveries(world, DELIVERIES_BEFORE),
+        "delivery_model": model_records(world, DELIVERIES_BEFORE),
         "delivered": delivered(world, ids),
         "failed": admin("mail.mail", "search_count", [("state", "=", "exception")]),
         "sign_ins": sign_ins(world),
@@ -184,6 +201,11 @@ def sanity(world, flight):
         loose <= set(flight["loose"]),
         f"before: copies already gathered: {loose - set(flight['loose'])}",
     )
+    gathered = {d["copy_id"] for d in flight["deliveries"].values()}
+    check(
+        False in gathered and len(gathered) > 1,
+        f"before: deliveries not both gathered and loose: {flight['deliveries']}",
+    )
     (paused,) = by_tag["paused"]
     check(
         len(flight["delivered"][paused[1]]) == 2,
@@ -211,6 +233,33 @@ def sign_ins(world):
     )
 
 
+def deliveries(world, model):
+    """{id: values} of every recorded SMTP transaction, read as ``model``."""
+    rows = world.admin(model, "search_read", [], DELIVERY_FIELDS)
+    return {
+        row.pop("id"): {
+            name: value[0] if isinstance(value, list) else value
+            for name, value in row.items()
+        }
+        for row in rows
+    }
+
+
+def model_records(world, model):
+    """The ids of Odoo's records of ``model``: its ir.model, its fields (by
+    name) and its access rules. A renamed model keeps them all."""
+    (ir_model,) = world.admin("ir.model", "search", [("model", "=", model)])
+    fields = world.admin(
+        "ir.model.fields", "search_read", [("model_id", "=", ir_model)], ["name"]
+    )
+    access = world.admin("ir.model.access", "search", [("model_id", "=", ir_model)])
+    return {
+        "ir.model": ir_model,
+        "fields": {f["name"]: f["id"] for f in fields},
+        "access": sorted(access),
+    }
+
+
 def _outgoing_mails(world, flight):
     return world.admin(
         "mail.mail",
@@ -233,6 +282,7 @@ def delivered(world, message_ids):
 # -- the working tree's code proves nothing was lost ----------------------------
 def verify(world, flight):
     admin = world.admin
+    kept_deliveries(world, flight)
     mails = _outgoing_mails(world, flight)
     check(
         sorted(str(m["id"]) for m in mails) == sorted(flight["outgoing"]),
@@ -300,6 +350,36 @@ def verify(world, flight):
             f"others {sorted(set(counts) - set(to))}",
         )
     file_copies(world, flight)
+    # the id sequence went with the table: new deliveries come after the old
+    new = set(deliveries(world, DELIVERIES)) - set(flight["deliveries"])
+    check(
+        new and min(new) > max(flight["deliveries"]),
+        f"deliveries after the upgrade {sorted(new)} reuse the old ids",
+    )
+
+
+def kept_deliveries(world, flight):
+    """The old model's rows are the new model's, same ids and values, and
+    Odoo sees a renamed model (the same ir.model, fields and access records),
+    not a deleted one and a new one."""
+    check(
+        not world.admin("ir.model", "search", [("model", "=", DELIVERIES_BEFORE)]),
+        f"{DELIVERIES_BEFORE} is still a model after the upgrade",
+    )
+    before, after = flight["deliveries"], deliveries(world, DELIVERIES)
+    check(
+        sorted(after) == sorted(before),
+        f"{len(before)} deliveries before, {len(after)} after: lost "
+        f"{sorted(set(before) - set(after))}, new {sorted(set(after) - set(before))}",
+    )
+    changed = [(before[i], after[i]) for i in before if after[i] != before[i]]
+    check(not changed, f"deliveries changed: {changed}")
+    records = model_records(world, DELIVERIES)
+    check(
+        records == flight["delivery_model"],
+        f"{DELIVERIES_BEFORE} -> {DELIVERIES} is not the same model: "
+        f"{flight['delivery_model']} -> {records}",
+    )
 
 
 def file_copies(world, flight):

@@ -10,7 +10,7 @@ from psycopg2.extensions import TransactionRollbackError
 from odoo import api, fields, models, modules
 from odoo.tools import SQL, config
 
-from .ally_smtp_sent_copy_part import WAKE_EVERY, _testing
+from .ally_smtp_delivery import WAKE_EVERY, _testing
 
 _logger = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def _merge(values):
 
 
 class AllySmtpSentCopy(models.Model):
-    """One message for its author's Sent folder, made of the parts the send
-    path recorded (one per SMTP transaction) and filed by a cron.
+    """One message for its author's Sent folder, made of the deliveries the
+    send path recorded (one per SMTP transaction) and filed by a cron.
 
     This file holds the copy and its gathering; the IMAP filing run (claim,
     file, finish, back off) is in ``ally_smtp_sent_copy_filing.py``.
@@ -78,7 +78,7 @@ class AllySmtpSentCopy(models.Model):
     cc = fields.Text(readonly=True)
     first_sent = fields.Datetime("Sent on", readonly=True)
     size = fields.Integer("Size (bytes)", readonly=True)
-    part_ids = fields.One2many("ally.smtp.sent.copy.part", "copy_id", readonly=True)
+    delivery_ids = fields.One2many("ally.smtp.delivery", "copy_id", readonly=True)
     state = fields.Selection(
         [
             ("pending", "Pending"),
@@ -168,9 +168,9 @@ class AllySmtpSentCopy(models.Model):
 
     @api.model
     def _ally_smtp_collect(self):
-        """Gather the parts the send path left into one copy per message.
+        """Gather the deliveries the send path left into one copy per message.
 
-        Returns how many parts were gathered. Runs under a transaction lock so
+        Returns how many deliveries were gathered. Runs under a transaction lock so
         that two runs never create the same copy; the loser of a conflict
         leaves the work to the next run.
         """
@@ -185,25 +185,25 @@ class AllySmtpSentCopy(models.Model):
                 INSERT INTO ally_smtp_sent_copy
                     (user_id, message_id, subject, first_sent, state, attempts,
                      next_try, verify, create_uid, create_date, write_uid, write_date)
-                SELECT p.user_id, p.message_id, min(p.subject), min(p.sent_at),
+                SELECT d.user_id, d.message_id, min(d.subject), min(d.sent_at),
                        'pending', 0, %(now)s, false, %(uid)s, %(now)s, %(uid)s, %(now)s
-                  FROM ally_smtp_sent_copy_part p
-                 WHERE p.copy_id IS NULL AND p.reached_only IS NOT TRUE
+                  FROM ally_smtp_delivery d
+                 WHERE d.copy_id IS NULL AND d.reached_only IS NOT TRUE
                    AND NOT EXISTS (
                         SELECT 1 FROM ally_smtp_sent_copy c
-                         WHERE c.user_id = p.user_id AND c.message_id = p.message_id)
-                 GROUP BY p.user_id, p.message_id
+                         WHERE c.user_id = d.user_id AND c.message_id = d.message_id)
+                 GROUP BY d.user_id, d.message_id
                 ON CONFLICT (user_id, message_id) DO NOTHING
                 """,
                 {"now": now, "uid": self.env.uid},
             )
             self._ally_smtp_sql(
                 """
-                UPDATE ally_smtp_sent_copy_part p
+                UPDATE ally_smtp_delivery d
                    SET copy_id = c.id
                   FROM ally_smtp_sent_copy c
-                 WHERE p.copy_id IS NULL AND p.reached_only IS NOT TRUE
-                   AND c.user_id = p.user_id AND c.message_id = p.message_id
+                 WHERE d.copy_id IS NULL AND d.reached_only IS NOT TRUE
+                   AND c.user_id = d.user_id AND c.message_id = d.message_id
              RETURNING c.id, c.state
                 """
             )
@@ -231,7 +231,7 @@ class AllySmtpSentCopy(models.Model):
                                       AS recipients,
                                   string_agg(DISTINCT NULLIF(cc, ''), ', ') AS cc,
                                   max(octet_length(raw)) AS size
-                             FROM ally_smtp_sent_copy_part
+                             FROM ally_smtp_delivery
                             WHERE copy_id = ANY(%s)
                             GROUP BY copy_id) s
                     WHERE c.id = s.copy_id""",
@@ -240,9 +240,9 @@ class AllySmtpSentCopy(models.Model):
             self.browse(copy_ids).invalidate_recordset(["recipients", "cc", "size"])
 
     def _ally_smtp_merge(self, values=None):
-        """Every recipient of every part, each once; the size of the message.
+        """Every recipient of every delivery, each once; the size of the message.
 
-        Takes the parts sent since the copy was gathered too, in the snapshot
+        Takes the deliveries sent since the copy was gathered too, in the snapshot
         that found the message sent completely. A few queries for any number
         of copies; ``values`` (``{copy id: values}``) are written with them.
         """
@@ -250,27 +250,27 @@ class AllySmtpSentCopy(models.Model):
             return
         cr = self.env.cr
         self._ally_smtp_sql(
-            """UPDATE ally_smtp_sent_copy_part p SET copy_id = c.id
+            """UPDATE ally_smtp_delivery d SET copy_id = c.id
                  FROM ally_smtp_sent_copy c
-                WHERE c.id = ANY(%s) AND p.copy_id IS NULL
-                  AND p.reached_only IS NOT TRUE
-                  AND p.user_id = c.user_id AND p.message_id = c.message_id""",
+                WHERE c.id = ANY(%s) AND d.copy_id IS NULL
+                  AND d.reached_only IS NOT TRUE
+                  AND d.user_id = c.user_id AND d.message_id = c.message_id""",
             [self.ids],
         )
         self._ally_smtp_sql(
             """SELECT copy_id, recipients, cc, sent_at, octet_length(raw)
-                 FROM ally_smtp_sent_copy_part
+                 FROM ally_smtp_delivery
                 WHERE copy_id = ANY(%s) ORDER BY id""",
             [self.ids],
         )
-        parts = defaultdict(list)
+        deliveries = defaultdict(list)
         for row in cr.fetchall():
-            parts[row[0]].append(row[1:])
-        self.env["ally.smtp.sent.copy.part"].invalidate_model(["copy_id"])
-        self.invalidate_recordset(["part_ids"])
+            deliveries[row[0]].append(row[1:])
+        self.env["ally.smtp.delivery"].invalidate_model(["copy_id"])
+        self.invalidate_recordset(["delivery_ids"])
         for copy in self:
             merged = dict((values or {}).get(copy.id, {}))
-            rows = parts.get(copy.id)
+            rows = deliveries.get(copy.id)
             if rows:
                 to = _merge([row[0] for row in rows])
                 cc = _merge([row[1] for row in rows])
@@ -315,7 +315,7 @@ class AllySmtpSentCopy(models.Model):
         """Trigger the cron again for what this run left for later."""
         now = fields.Datetime.now()
         moments = []
-        if worked:  # parts committed while this run was busy
+        if worked:  # deliveries committed while this run was busy
             moments.append(now + timedelta(seconds=WAKE_EVERY))
         if self._ally_smtp_count(_condition(_WAITING)):
             moments.append(now + RECHECK)

@@ -30,15 +30,15 @@ _DROP = re.compile(
 )
 # lock the claimed copies (still this run's) and read the start of their messages
 _LOAD = """
-    SELECT c.id, p.id, octet_length(p.raw), substring(p.raw FROM 1 FOR %s)
+    SELECT c.id, d.id, octet_length(d.raw), substring(d.raw FROM 1 FOR %s)
       FROM ally_smtp_sent_copy c
       JOIN unnest(%s::int[], %s::int[]) AS mine(id, attempts)
         ON mine.id = c.id AND mine.attempts = c.attempts
       LEFT JOIN LATERAL (
-            SELECT id, raw FROM ally_smtp_sent_copy_part
+            SELECT id, raw FROM ally_smtp_delivery
              WHERE copy_id = c.id AND raw IS NOT NULL
              ORDER BY id LIMIT 1
-      ) p ON TRUE
+      ) d ON TRUE
      WHERE c.state = 'filing'
      ORDER BY c.id
        FOR UPDATE OF c
@@ -252,7 +252,7 @@ class AllySmtpSentCopyFiling(models.Model):
 
     def _ally_smtp_lock(self):
         """Lock the claimed copies that are still this run's and read the start
-        of their messages: ``{copy id: (part id, size, head)}``.
+        of their messages: ``{copy id: (delivery id, size, head)}``.
 
         The row locks keep another run from taking a copy over while it is
         APPENDed (its claim query skips locked rows); a copy another run took
@@ -269,8 +269,8 @@ class AllySmtpSentCopyFiling(models.Model):
         messages read whole with the lock together, any other one alone."""
         groups, group = [], self.browse()
         for copy in self:
-            part_id, size, _head = loaded[copy.id]
-            if part_id is not None and size <= HEAD_CHUNK:
+            delivery_id, size, _head = loaded[copy.id]
+            if delivery_id is not None and size <= HEAD_CHUNK:
                 group |= copy
                 continue
             groups += [group, copy] if group else [copy]
@@ -325,18 +325,18 @@ class AllySmtpSentCopyFiling(models.Model):
                     )
                 )
         ids = [copy_id for copy_id, _s in todo]
-        # the bytes go; whom each part reached stays for later attempts of
+        # the bytes go; whom each delivery reached stays for later attempts of
         # its mail (``Ledger``), until ``_gc_reached``
         queries.append(
             SQL(
-                """UPDATE ally_smtp_sent_copy_part SET raw = NULL
+                """UPDATE ally_smtp_delivery SET raw = NULL
                     WHERE copy_id = ANY(%s) AND raw IS NOT NULL""",
                 ids,
             )
         )
         self.invalidate_model(["state", "last_error", "write_date", "write_uid"])
-        self.env["ally.smtp.sent.copy.part"].invalidate_model()
-        self.invalidate_model(["part_ids"])
+        self.env["ally.smtp.delivery"].invalidate_model()
+        self.invalidate_model(["delivery_ids"])
         return SQL("; ").join(queries)
 
     @api.model
@@ -387,23 +387,23 @@ class AllySmtpSentCopyFiling(models.Model):
             ]
         ).write({"next_try": now + FILING_FIRST_DELAY, "last_error": message})
 
-    def _ally_smtp_load(self, part_id, size, head):
+    def _ally_smtp_load(self, delivery_id, size, head):
         """The bytes to file: as sent, with every recipient in To and Cc.
 
-        ``head`` is the start of the message (part ``part_id``, ``size``
+        ``head`` is the start of the message (delivery ``delivery_id``, ``size``
         bytes). The rest is read from the database in pieces straight into
         its place, so that the message exists once in memory (imaplib makes
         one more copy).
         """
         cr = self.env.cr
-        if part_id is None:
+        if delivery_id is None:
             raise mailbox.FolderMissing(_("The content of this copy was not kept."))
 
         def read(start, length):
             self._ally_smtp_sql(
                 """SELECT substring(raw FROM %s FOR %s)
-                     FROM ally_smtp_sent_copy_part WHERE id = %s""",
-                [start + 1, length, part_id],
+                     FROM ally_smtp_delivery WHERE id = %s""",
+                [start + 1, length, delivery_id],
             )
             return cr.fetchone()[0]
 

@@ -14,7 +14,7 @@ from odoo import SUPERUSER_ID, api, fields, modules
 from odoo.tests import TransactionCase, new_test_user, tagged
 
 from ..lib import mailbox
-from ..models.ally_smtp_sent_copy_part import Ledger
+from ..models.ally_smtp_delivery import Ledger
 from .common import AllySmtpCase, Mailbox, company_values, free_port, harness
 
 
@@ -87,10 +87,10 @@ class TestSentCopy(AllySmtpCase):
         self.assertEqual(sorted(delivered), sorted(self.students.mapped("email")))
         copy = self.copy_of(message.message_id)
         self.assertEqual(copy.state, "done", copy.last_error)
-        # filed: the bytes are gone, whom each part reached stays a while
-        self.assertEqual(len(copy.part_ids), 120)
+        # filed: the bytes are gone, whom each delivery reached stays a while
+        self.assertEqual(len(copy.delivery_ids), 120)
         self.env.cr.execute(
-            "SELECT count(*) FROM ally_smtp_sent_copy_part WHERE raw IS NOT NULL"
+            "SELECT count(*) FROM ally_smtp_delivery WHERE raw IS NOT NULL"
         )
         self.assertEqual(self.env.cr.fetchone()[0], 0)
         ((flags, filed),) = self.alice_box.find("Sent", message.message_id)
@@ -410,8 +410,8 @@ class TestSentCopy(AllySmtpCase):
         per_mail = (personal[1] - personal[0]) / 5
         stock_per_mail = (stock[1] - stock[0]) / 5
         self.assertLessEqual(per_mail, stock_per_mail + 2, (stock, personal))
-        parts = self.env["ally.smtp.sent.copy.part"].search_count([])
-        self.assertEqual(parts, 2 + 5 + 10 + 15)  # every personal mail has one
+        deliveries = self.env["ally.smtp.delivery"].search_count([])
+        self.assertEqual(deliveries, 2 + 5 + 10 + 15)  # every personal mail has one
 
     def test_mail_of_other_servers_reads_no_server(self):
         """Mail of the agency's server costs what it costs without the addon:
@@ -478,7 +478,7 @@ class TestFilingRunsAtOnce(TransactionCase):
                         f"Date: {email.utils.formatdate()}\r\n\r\nHello {i}\r\n"
                     ).encode()
                     session = SimpleNamespace(ally_smtp_owner=admin, ally_smtp_sent=raw)
-                    env["ally.smtp.sent.copy.part"]._ally_smtp_record(
+                    env["ally.smtp.delivery"]._ally_smtp_record(
                         session, email.message_from_bytes(raw)
                     )
             env["ally.smtp.sent.copy"]._ally_smtp_collect()
@@ -518,9 +518,7 @@ class TestFilingRunsAtOnce(TransactionCase):
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
             env["ally.smtp.sent.copy"].search([("user_id", "=", admin_id)]).unlink()
-            env["ally.smtp.sent.copy.part"].search(
-                [("user_id", "=", admin_id)]
-            ).unlink()
+            env["ally.smtp.delivery"].search([("user_id", "=", admin_id)]).unlink()
             env["res.users"].browse(admin_id).write(
                 {
                     "ally_smtp_use_own": False,
