@@ -22,6 +22,8 @@ FILING = "ally_smtp.ir_cron_sent_copy"
 # PREVIOUS_RELEASE (upgrade.py) and in the working tree: 18.0.1.5.0 renamed it
 DELIVERIES_BEFORE = "ally.smtp.sent.copy.part"
 DELIVERIES = "ally.smtp.delivery"
+# the Sent copy's "look for it in the folder before adding it", likewise
+LOOK_FIRST_BEFORE, LOOK_FIRST = "verify", "look_first"
 DELIVERY_FIELDS = [
     "copy_id",
     "user_id",
@@ -142,7 +144,7 @@ def record(world, messages):
         "ally.smtp.sent.copy",
         "search_read",
         [("message_id", "in", ids)],
-        ["message_id", "state", "last_error"],
+        ["message_id", "state", "last_error", LOOK_FIRST_BEFORE],
     )
     loose = admin(
         DELIVERIES_BEFORE,
@@ -160,6 +162,7 @@ def record(world, messages):
             for m in outgoing
         },
         "copies": {c["message_id"]: c["state"] for c in copies},
+        "look_first": {c["message_id"]: c[LOOK_FIRST_BEFORE] for c in copies},
         "loose": sorted({p["message_id"] for p in loose}),
         "deliveries": deliveries(world, DELIVERIES_BEFORE),
         "delivery_model": model_records(world, DELIVERIES_BEFORE),
@@ -195,6 +198,12 @@ def sanity(world, flight):
     check(
         retried and all(flight["copies"].get(m) == "pending" for m in retried),
         f"before: copies that failed to be filed are not pending: {flight['copies']}",
+    )
+    # the copy whose filing failed is looked for first, the one left unclaimed
+    # is not: both values must come across
+    check(
+        set(flight["look_first"].values()) == {True, False},
+        f"before: the copies' {LOOK_FIRST_BEFORE}: {flight['look_first']}",
     )
     loose = {mid for _l, mid in by_tag["sent"] + by_tag["paused"]}
     check(
@@ -300,11 +309,15 @@ def verify(world, flight):
         "ally.smtp.sent.copy",
         "search_read",
         [("message_id", "in", list(flight["messages"]))],
-        ["message_id", "state"],
+        ["message_id", "state", LOOK_FIRST],
     )
     check(
         {c["message_id"]: c["state"] for c in copies} == flight["copies"],
         f"waiting copies changed: {flight['copies']} -> {copies}",
+    )
+    check(
+        {c["message_id"]: c[LOOK_FIRST] for c in copies} == flight["look_first"],
+        f"{LOOK_FIRST_BEFORE} -> {LOOK_FIRST}: {flight['look_first']} -> {copies}",
     )
     check(
         sign_ins(world) == flight["sign_ins"],

@@ -94,7 +94,7 @@ class AllySmtpSentCopy(models.Model):
     )
     attempts = fields.Integer(readonly=True)
     next_try = fields.Datetime(default=fields.Datetime.now, readonly=True)
-    verify = fields.Boolean(
+    look_first = fields.Boolean(
         "Look for it first",
         readonly=True,
         help="An earlier attempt may have reached the folder: the next one "
@@ -184,7 +184,8 @@ class AllySmtpSentCopy(models.Model):
                 """
                 INSERT INTO ally_smtp_sent_copy
                     (user_id, message_id, subject, first_sent, state, attempts,
-                     next_try, verify, create_uid, create_date, write_uid, write_date)
+                     next_try, look_first,
+                     create_uid, create_date, write_uid, write_date)
                 SELECT d.user_id, d.message_id, min(d.subject), min(d.sent_at),
                        'pending', 0, %(now)s, false, %(uid)s, %(now)s, %(uid)s, %(now)s
                   FROM ally_smtp_delivery d
@@ -338,7 +339,7 @@ class AllySmtpSentCopy(models.Model):
                 "state": "pending",
                 "next_try": fields.Datetime.now(),
                 "attempts": 0,
-                "verify": True,
+                "look_first": True,
             }
         )
         self.env.ref("ally_smtp.ir_cron_sent_copy")._trigger()

@@ -108,14 +108,14 @@ class AllySmtpSentCopyFiling(models.Model):
                             folder, company.ally_smtp_sent_copy, loaded, filed
                         )
                     except mailbox.TooBig as exc:  # this copy only; go on
-                        copy._ally_smtp_failed(user, exc, host, port)
+                        copy._ally_smtp_filing_failed(user, exc, host, port)
                         alone = self.browse()
                     groups[:0] = list(alone)
                     done += len(copy - alone)
                     claimed -= copy - alone
                 copy = self.browse()
                 self._ally_smtp_finish(filed)
-                claimed._ally_smtp_release()
+                claimed._ally_smtp_unclaim()
                 self._ally_smtp_commit()
                 filed, claimed = _Filed(), self.browse()
                 self._ally_smtp_remember(user, folder.name)
@@ -132,8 +132,8 @@ class AllySmtpSentCopyFiling(models.Model):
                 # what reached the folder before the failure stays filed
                 filed.written = 0
                 self._ally_smtp_finish(filed)
-                (claimed - copy)._ally_smtp_release()
-                kind, message = copy._ally_smtp_failed(user, exc, host, port)
+                (claimed - copy)._ally_smtp_unclaim()
+                kind, message = copy._ally_smtp_filing_failed(user, exc, host, port)
                 if kind == errors.AUTH:
                     user._ally_smtp_auth_failed(message)
                 elif kind == errors.RECONNECT:
@@ -212,7 +212,7 @@ class AllySmtpSentCopyFiling(models.Model):
                         "state": "filing",
                         "attempts": attempts[copy.id] + 1,
                         "next_try": now + FILING_FIRST_DELAY * 2 ** attempts[copy.id],
-                        "verify": copy.verify or copy.id in interrupted,
+                        "look_first": copy.look_first or copy.id in interrupted,
                     }
                     for copy in copies
                 }
@@ -239,7 +239,7 @@ class AllySmtpSentCopyFiling(models.Model):
             }
         )
 
-    def _ally_smtp_release(self):
+    def _ally_smtp_unclaim(self):
         """Give back claimed copies this run did not get to (time is up)."""
         if self:
             self._ally_smtp_sql(
@@ -282,16 +282,16 @@ class AllySmtpSentCopyFiling(models.Model):
         several; return those to add one at a time (the server refused them
         together, which adds none of them).
 
-        The copies an earlier attempt may have filed (``verify``), or that the
+        The copies an earlier attempt may have filed (``look_first``), or that the
         provider may have filed itself (``auto``), are looked for first, all
         at once. ``filed`` gets the ``(copy id, state)`` of each copy filed.
         """
-        look = self.filtered(lambda c: mode == "auto" or c.verify)
+        look = self.filtered(lambda c: mode == "auto" or c.look_first)
         found = folder.find(look.mapped("message_id")) if look else set()
         messages = []
         for copy in self:
             if copy in look and copy.message_id in found:
-                filed.append((copy.id, "done" if copy.verify else "skipped"))
+                filed.append((copy.id, "done" if copy.look_first else "skipped"))
                 continue
             date = copy.first_sent or fields.Datetime.now()
             raw = copy._ally_smtp_load(*loaded[copy.id])
@@ -344,7 +344,7 @@ class AllySmtpSentCopyFiling(models.Model):
         if filed.written < len(filed):
             self._ally_smtp_sql(self._ally_smtp_finish_sql(filed))
 
-    def _ally_smtp_failed(self, user, exc, host, port):
+    def _ally_smtp_filing_failed(self, user, exc, host, port):
         """Note why these copies (if any) were not filed: ``(kind, message)``.
 
         Those of them marked filed meanwhile (found in the folder, or added
@@ -370,7 +370,7 @@ class AllySmtpSentCopyFiling(models.Model):
                     "state": "failed" if given_up else "pending",
                     "last_error": message,
                     # the APPEND may have reached the folder before the failure
-                    "verify": True,
+                    "look_first": True,
                 }
             )
         return kind, message

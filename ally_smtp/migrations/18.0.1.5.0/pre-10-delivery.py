@@ -1,5 +1,6 @@
 """18.0.1.5.0: ``ally.smtp.sent.copy.part`` is now ``ally.smtp.delivery``,
-and the Sent copy's ``part_ids`` is ``delivery_ids``.
+and two fields of the Sent copy say what they are: ``part_ids`` is
+``delivery_ids``, ``verify`` is ``look_first``.
 
 One row is one SMTP transaction the provider accepted (whom a mail reached,
 and the bytes for its Sent copy), not a MIME part. Before the models load,
@@ -8,7 +9,8 @@ model take the new name, so that Odoo finds the model it knows under that
 name. Otherwise it would create an empty ``ally_smtp_delivery`` and, at the
 end of the update, delete the model it no longer sees, with its table: whom
 each mail in flight reached (a retry would send to them again) and the bytes
-of the copies not filed yet.
+of the copies not filed yet. A renamed field keeps its ``ir.model.fields``
+record and its column (which Odoo would otherwise drop, and add empty).
 """
 
 import logging
@@ -42,6 +44,8 @@ def migrate(cr, version):
         _rename_table(cr)
     _rename_model(cr)
     _rename_field(cr, "part_ids", "delivery_ids")  # a One2many: no column
+    # an earlier attempt may have filed the copy: look for it before adding it
+    _rename_field(cr, "verify", "look_first", column=True)
 
 
 def _rename_table(cr):
@@ -147,9 +151,24 @@ def _rename_model(cr):
         )
 
 
-def _rename_field(cr, old, new):
+def _rename_field(cr, old, new, column=False):
     """The Sent copy's field ``old`` under the name ``new``: the same
-    ``ir.model.fields`` record and external id."""
+    ``ir.model.fields`` record and external id, and its column if stored."""
+    if column:
+        cr.execute(
+            """SELECT 1 FROM information_schema.columns
+                WHERE table_name = 'ally_smtp_sent_copy' AND column_name = %s""",
+            [old],
+        )
+        if cr.fetchone():
+            _execute(
+                cr,
+                SQL(
+                    "ALTER TABLE ally_smtp_sent_copy RENAME COLUMN %s TO %s",
+                    SQL.identifier(old),
+                    SQL.identifier(new),
+                ),
+            )
     _execute(
         cr,
         SQL(
