@@ -257,7 +257,7 @@ def test_sent_copies_are_the_owners_only(world):
     assert not [c for c in seen if c["subject"].startswith("ana-own")]
     refused(lambda: world.rpc["paula"]("ally.smtp.sent.copy", "search_read", []))
     for who in ("bob", "paula"):
-        refused(lambda w=who: world.rpc[w]("ally.smtp.sent.copy.part", "search", []))
+        refused(lambda w=who: world.rpc[w]("ally.smtp.delivery", "search", []))
     assert_only_anas_own_mail(world)
 
 

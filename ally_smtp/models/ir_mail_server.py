@@ -23,7 +23,7 @@ _GRANTS = threading.local()
 class _Batch:
     """One batch of a personal mailbox, from routing to its last send.
 
-    ``ledger`` (an ``ally_smtp_sent_copy_part.Ledger``) is open while
+    ``ledger`` (an ``ally_smtp_delivery.Ledger``) is open while
     ``mail.mail._send`` sends the batch: whom each mail reached, kept outside
     the send transaction. ``mail_id`` is the mail being sent now. Once
     ``connect()`` has signed in, ``mailbox`` is the sender's
@@ -271,5 +271,5 @@ class IrMailServer(models.Model):
             if kind in errors.QUOTA_KINDS:
                 batch.paused = text
             raise _note_failure(mailbox, kind, text, cause) from exc
-        self.env["ally.smtp.sent.copy.part"].sudo()._ally_smtp_record(session, message)
+        self.env["ally.smtp.delivery"].sudo()._ally_smtp_record(session, message)
         return result

@@ -33,7 +33,7 @@ from datetime import timedelta
 from odoo import fields, models, tools
 
 from ..lib import errors, mailbox, pacing
-from .ally_smtp_sent_copy_part import Ledger
+from .ally_smtp_delivery import Ledger
 from .ir_mail_server import FAILURES, AllySmtpDeliveryError, granted, sending_batch_of
 
 _logger = logging.getLogger(__name__)

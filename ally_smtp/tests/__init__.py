@@ -4,6 +4,7 @@ from . import test_credentials
 from . import test_sending
 from . import test_security
 from . import test_sent_copy
+from . import test_sent_copy_at_once
 from . import test_i18n
 from . import test_uninstall
 from . import test_tours

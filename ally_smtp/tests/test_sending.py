@@ -14,7 +14,7 @@ from odoo import fields
 from odoo.tests import new_test_user, tagged
 
 from ..lib import mailbox
-from ..models.ally_smtp_sent_copy_part import SENDING_LOCK
+from ..models.ally_smtp_delivery import SENDING_LOCK
 from .common import AllySmtpCase, Mailbox, free_port
 
 
@@ -293,10 +293,10 @@ class TestSending(AllySmtpCase):
         retry leaves them out, and no copy is ever made of them."""
         self.company.ally_smtp_sent_copy = "never"
         mail, addresses = self.queue_chunk_failing_at(20)
-        parts = self.env["ally.smtp.sent.copy.part"].search([])
-        self.assertEqual(len(parts), 20)
-        self.assertEqual(set(parts.mapped("reached_only")), {True})
-        self.assertEqual(set(parts.mapped("mail_id")), {mail.id})
+        deliveries = self.env["ally.smtp.delivery"].search([])
+        self.assertEqual(len(deliveries), 20)
+        self.assertEqual(set(deliveries.mapped("reached_only")), {True})
+        self.assertEqual(set(deliveries.mapped("mail_id")), {mail.id})
         notifications = self.env["mail.notification"].search(
             [("mail_mail_id", "=", mail.id)]
         )

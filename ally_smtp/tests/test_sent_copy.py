@@ -4,18 +4,15 @@ import contextlib
 import email
 import email.utils
 import logging
-import threading
-import uuid
 from datetime import timedelta
-from types import SimpleNamespace
 from unittest.mock import patch
 
-from odoo import SUPERUSER_ID, api, fields, modules
-from odoo.tests import TransactionCase, new_test_user, tagged
+from odoo import fields
+from odoo.tests import new_test_user, tagged
 
 from ..lib import mailbox
-from ..models.ally_smtp_sent_copy_part import Ledger
-from .common import AllySmtpCase, Mailbox, company_values, free_port, harness
+from ..models.ally_smtp_delivery import Ledger
+from .common import AllySmtpCase, Mailbox, free_port
 
 
 @tagged("post_install", "-at_install")
@@ -87,10 +84,10 @@ class TestSentCopy(AllySmtpCase):
         self.assertEqual(sorted(delivered), sorted(self.students.mapped("email")))
         copy = self.copy_of(message.message_id)
         self.assertEqual(copy.state, "done", copy.last_error)
-        # filed: the bytes are gone, whom each part reached stays a while
-        self.assertEqual(len(copy.part_ids), 120)
+        # filed: the bytes are gone, whom each delivery reached stays a while
+        self.assertEqual(len(copy.delivery_ids), 120)
         self.env.cr.execute(
-            "SELECT count(*) FROM ally_smtp_sent_copy_part WHERE raw IS NOT NULL"
+            "SELECT count(*) FROM ally_smtp_delivery WHERE raw IS NOT NULL"
         )
         self.assertEqual(self.env.cr.fetchone()[0], 0)
         ((flags, filed),) = self.alice_box.find("Sent", message.message_id)
@@ -410,8 +407,8 @@ class TestSentCopy(AllySmtpCase):
         per_mail = (personal[1] - personal[0]) / 5
         stock_per_mail = (stock[1] - stock[0]) / 5
         self.assertLessEqual(per_mail, stock_per_mail + 2, (stock, personal))
-        parts = self.env["ally.smtp.sent.copy.part"].search_count([])
-        self.assertEqual(parts, 2 + 5 + 10 + 15)  # every personal mail has one
+        deliveries = self.env["ally.smtp.delivery"].search_count([])
+        self.assertEqual(deliveries, 2 + 5 + 10 + 15)  # every personal mail has one
 
     def test_mail_of_other_servers_reads_no_server(self):
         """Mail of the agency's server costs what it costs without the addon:
@@ -435,91 +432,3 @@ class TestSentCopy(AllySmtpCase):
         )
         self.assertTrue(personal)  # outside a routed batch: not sent through it
         self.assertEqual(queries(personal), queries(False))
-
-
-@tagged("post_install", "-at_install")
-class TestFilingRunsAtOnce(TransactionCase):
-    """Two filing runs at once, committing as in production (not in the test
-    transaction): every copy reaches the folder exactly once."""
-
-    def test_two_runs_at_once_file_each_copy_once(self):
-        info = harness()
-        login = "carol@agency.test"
-        box = Mailbox(info, login)
-        box.purge()
-        with self.registry.cursor() as cr:
-            env = api.Environment(cr, SUPERUSER_ID, {})
-            admin, company = env.ref("base.user_admin"), env.ref("base.main_company")
-            values = company_values(info, ally_smtp_sent_copy="always")
-            saved = company.read(list(values))[0]
-            saved.pop("id")
-            company.write(values)
-            admin.with_user(admin).write(
-                {
-                    "ally_smtp_use_own": True,
-                    "ally_smtp_email": login,
-                    "ally_smtp_password": info["mailboxes"][login],
-                }
-            )
-            admin_id = admin.id
-        self.addCleanup(self._clean, admin_id, saved)
-        message_ids = []
-        with self.registry.cursor() as cr:
-            env = api.Environment(cr, SUPERUSER_ID, {})
-            admin = env["res.users"].browse(admin_id)
-            for i in range(12):
-                message_id = f"<at-once-{i}-{uuid.uuid4().hex}@agency.test>"
-                message_ids.append(message_id)
-                # the message went out in two SMTP transactions (two recipients)
-                for to in ("student1@school.test", f"x{i}@school.test"):
-                    raw = (
-                        f"From: carol@agency.test\r\nTo: {to}\r\n"
-                        f"Subject: at once {i}\r\nMessage-Id: {message_id}\r\n"
-                        f"Date: {email.utils.formatdate()}\r\n\r\nHello {i}\r\n"
-                    ).encode()
-                    session = SimpleNamespace(ally_smtp_owner=admin, ally_smtp_sent=raw)
-                    env["ally.smtp.sent.copy.part"]._ally_smtp_record(
-                        session, email.message_from_bytes(raw)
-                    )
-            env["ally.smtp.sent.copy"]._ally_smtp_collect()
-        start = threading.Barrier(2)
-        failures = []
-
-        def run():
-            try:
-                with self.registry.cursor() as cr:
-                    env = api.Environment(cr, SUPERUSER_ID, {})
-                    start.wait(10)
-                    env["ally.smtp.sent.copy"]._ally_smtp_process()
-            except Exception as exc:  # noqa: BLE001 - reported by the test
-                failures.append(exc)
-
-        with patch.object(modules.module, "current_test", False):
-            threads = [threading.Thread(target=run) for _i in range(2)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(60)
-        self.assertEqual(failures, [])
-        with self.registry.cursor() as cr:
-            env = api.Environment(cr, SUPERUSER_ID, {})
-            copies = env["ally.smtp.sent.copy"].search([("user_id", "=", admin_id)])
-            self.assertEqual(len(copies), 12)
-            self.assertEqual(set(copies.mapped("state")), {"done"}, copies.read())
-            self.assertEqual(set(copies.mapped("attempts")), {1})
-        filed = [m for _f, m in box.messages("Sent")]
-        found = sorted(m["Message-Id"] for m in filed)
-        self.assertEqual(found, sorted(message_ids))
-        for message in filed:
-            self.assertEqual(len(email.utils.getaddresses([message["To"]])), 2)
-
-    def _clean(self, admin_id, saved):
-        Mailbox(harness(), "carol@agency.test").purge()
-        with self.registry.cursor() as cr:
-            env = api.Environment(cr, SUPERUSER_ID, {})
-            env["ally.smtp.sent.copy"].search([("user_id", "=", admin_id)]).unlink()
-            env["ally.smtp.sent.copy.part"].search(
-                [("user_id", "=", admin_id)]
-            ).unlink()
-            env["res.users"].browse(admin_id)._ally_smtp_mailbox().unlink()
-            env.ref("base.main_company").write(saved)

@@ -28,7 +28,7 @@ COLUMNS = (
     "user_id, mail_id, message_id, subject, recipients, cc, sent_at, reached_only, raw"
 )
 _INSERT = f"""
-    INSERT INTO ally_smtp_sent_copy_part ({COLUMNS})
+    INSERT INTO ally_smtp_delivery ({COLUMNS})
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
@@ -146,7 +146,7 @@ class Ledger:
         done = {row[0] for row in cr.fetchall()}
         claimed = [mail_id for mail_id in mail_ids if mail_id in locked - done]
         cr.execute(
-            "SELECT mail_id, recipients, cc FROM ally_smtp_sent_copy_part "
+            "SELECT mail_id, recipients, cc FROM ally_smtp_delivery "
             "WHERE mail_id = ANY(%s)",
             [claimed],
         )
@@ -178,7 +178,7 @@ class Ledger:
     def _insert(self, values, raw):
         if raw is not None and len(raw) >= COPY_LARGE:
             self.cr.copy_expert(
-                f"COPY ally_smtp_sent_copy_part ({COLUMNS}) FROM STDIN",
+                f"COPY ally_smtp_delivery ({COLUMNS}) FROM STDIN",
                 _CopyRow(values, raw),
                 size=1 << 18,
             )
@@ -186,20 +186,20 @@ class Ledger:
             self.cr.execute(_INSERT, [*values, raw])
 
 
-class AllySmtpSentCopyPart(models.Model):
+class AllySmtpDelivery(models.Model):
     """What one SMTP transaction of a personal mailbox delivered.
 
     The send path only ever INSERTs these rows, through the batch's
     ``Ledger``, committed as soon as the provider accepted the transaction:
     they tell every later attempt of the mail whom it reached, whatever
-    became of the send transaction. The filing cron gathers the parts of one
-    message into one ``ally.smtp.sent.copy`` (all but the ``reached_only``
-    ones), and drops their bytes once filed; the rows themselves are kept
-    ``KEEP_REACHED``.
+    became of the send transaction. The filing cron gathers the deliveries
+    of one message into one ``ally.smtp.sent.copy`` (all but the
+    ``reached_only`` ones), and drops their bytes once filed; the rows
+    themselves are kept ``KEEP_REACHED``.
     """
 
-    _name = "ally.smtp.sent.copy.part"
-    _description = "Recipients of one SMTP transaction of a Sent folder copy"
+    _name = "ally.smtp.delivery"
+    _description = "SMTP transaction accepted by a personal mailbox's provider"
     _order = "id"
     _log_access = False
 
@@ -217,8 +217,8 @@ class AllySmtpSentCopyPart(models.Model):
     sent_at = fields.Datetime(required=True)
     # kept only as the record of whom the mail reached (no Sent copy wanted)
     reached_only = fields.Boolean()
-    # ``raw bytea`` (the bytes sent, on the first part of a message in each
-    # transaction) is a column but not a field: it is written and read in
+    # ``raw bytea`` (the bytes sent, on the first delivery of a message in
+    # each transaction) is a column but not a field: it is written and read in
     # pieces with SQL, never loaded whole through the ORM or as base64.
 
     def init(self):
@@ -227,7 +227,7 @@ class AllySmtpSentCopyPart(models.Model):
             tools.sql.create_column(cr, self._table, "raw", "bytea")
         tools.sql.create_index(
             cr,
-            "ally_smtp_sent_copy_part_to_collect_index",
+            "ally_smtp_delivery_to_collect_index",
             self._table,
             ["user_id", "message_id"],
             where="copy_id IS NULL AND reached_only IS NOT TRUE",
@@ -295,17 +295,17 @@ class AllySmtpSentCopyPart(models.Model):
         """Forget whom mails reached once they are long sent (or gone), and
         their copy, if any, is filed."""
         self.env.cr.execute(
-            """DELETE FROM ally_smtp_sent_copy_part part
-                WHERE part.sent_at < %s
+            """DELETE FROM ally_smtp_delivery delivery
+                WHERE delivery.sent_at < %s
                   AND (
-                      part.reached_only
+                      delivery.reached_only
                       OR EXISTS (
                           SELECT 1 FROM ally_smtp_sent_copy copy
-                           WHERE copy.id = part.copy_id
+                           WHERE copy.id = delivery.copy_id
                              AND copy.state IN ('done', 'skipped')))
                   AND NOT EXISTS (
                       SELECT 1 FROM mail_mail mail
-                       WHERE mail.id = part.mail_id
+                       WHERE mail.id = delivery.mail_id
                          AND mail.state IN ('outgoing', 'exception', 'cancel'))""",
             [fields.Datetime.now() - KEEP_REACHED],
         )
@@ -316,7 +316,7 @@ class AllySmtpSentCopyPart(models.Model):
 
         A queue run sending hundreds of mails thus adds a trigger now and
         then, not one per mail; the cron sweeps again after each run that found
-        work, for the parts committed while it ran.
+        work, for the deliveries committed while it ran.
         """
         cr = self.env.cr
         if cr.postcommit.data.get("ally_smtp.woken"):
