@@ -245,16 +245,16 @@ class AllySmtpDelivery(models.Model):
         """
         raw = getattr(session, "ally_smtp_sent", None)
         message_id = (message["Message-Id"] or "").strip()
-        batch = getattr(session, "ally_smtp_batch", None)
-        ledger = batch and batch.ledger or Ledger(self.env, own=False)
+        batch = session.ally_smtp_batch
+        ledger = batch.ledger or Ledger(self.env, own=False)
         try:
             session.ally_smtp_sent = None
-            user = session.ally_smtp_owner
-            wanted = self._ally_smtp_copy_wanted(session)
+            user = batch.mailbox.user_id
+            wanted = self._ally_smtp_copy_wanted(batch)
             key = (user.id, message_id)
             values = [
                 user.id,
-                batch and batch.mail_id,
+                batch.mail_id,
                 message_id,
                 str(message["Subject"] or ""),
                 str(message["To"] or ""),
@@ -276,19 +276,17 @@ class AllySmtpDelivery(models.Model):
             self._ally_smtp_wake()
 
     @api.model
-    def _ally_smtp_copy_wanted(self, session):
-        """Whether this session's mail gets a copy in its owner's Sent folder.
+    def _ally_smtp_copy_wanted(self, batch):
+        """Whether the mail of ``batch`` gets a copy in its owner's Sent folder.
 
-        Read once per SMTP session, i.e. once per user and queue run.
+        Read once per batch, i.e. once per SMTP session.
         """
-        wanted = getattr(session, "ally_smtp_copy_wanted", None)
-        if wanted is None:
-            company = session.ally_smtp_owner.company_id
-            wanted = company.ally_smtp_sent_copy != "never" and bool(
+        if batch.copy_wanted is None:
+            company = batch.mailbox.company_id
+            batch.copy_wanted = company.ally_smtp_sent_copy != "never" and bool(
                 company.ally_smtp_imap_host
             )
-            session.ally_smtp_copy_wanted = wanted
-        return wanted
+        return batch.copy_wanted
 
     @api.autovacuum
     def _gc_reached(self):

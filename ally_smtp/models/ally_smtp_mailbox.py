@@ -60,7 +60,7 @@ class AllySmtpMailbox(models.Model):
         "SMTP password stored", compute="_compute_password_set"
     )
     # a fingerprint of the agency server the password was given or tested for
-    # (``res.company._ally_smtp_server_key``): a new server needs a Test
+    # (``res.company._ally_smtp_server_fingerprint``): a new server needs a Test
     server_fingerprint = fields.Char("Server the password is for", readonly=True)
     state = fields.Selection(
         STATES,
@@ -220,12 +220,13 @@ class AllySmtpMailbox(models.Model):
                         max=MAX_PASSWORD,
                     )
                 )
+            # given for the server configured now; a new one needs a Test
+            server = mailbox.company_id._ally_smtp_server_fingerprint()
             mailbox._set_state(
                 "untested",
                 values={
                     "password_crypt": crypto.encrypt(self.env, password),
-                    # given for the server configured now; a new one needs a Test
-                    "server_fingerprint": mailbox.company_id._ally_smtp_server_key(),
+                    "server_fingerprint": server,
                 },
             )
             _logger.info(
@@ -309,7 +310,7 @@ class AllySmtpMailbox(models.Model):
                 address=mailbox.address,
                 error=mailbox.last_error or "",
             )
-        if mailbox.server_fingerprint != company._ally_smtp_server_key():
+        if mailbox.server_fingerprint != company._ally_smtp_server_fingerprint():
             return errors.PERMANENT, self.env._(
                 "Not sent: the agency's mail server changed after the password of "
                 "%(address)s was entered, and it is not sent to a new server "

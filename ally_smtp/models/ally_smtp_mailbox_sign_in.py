@@ -112,7 +112,7 @@ class AllySmtpMailbox(models.Model):
             finally:
                 connection.close()
         except Exception as exc:  # noqa: BLE001 - every failure gets a message
-            company._ally_smtp_fail(exc, host, port, login)
+            company._ally_smtp_raise_classified(exc, host, port, login)
         if not company.ally_smtp_imap_host:
             return False
         host, port = company.ally_smtp_imap_host.strip(), company.ally_smtp_imap_port
@@ -121,7 +121,7 @@ class AllySmtpMailbox(models.Model):
                 self._sign_in_imap(imap)
                 folder = mailbox.find_sent(imap)
         except Exception as exc:  # noqa: BLE001
-            company._ally_smtp_fail(exc, host, port, login, protocol="imap")
+            company._ally_smtp_raise_classified(exc, host, port, login, protocol="imap")
         if not folder:
             raise errors.MailboxError(
                 errors.TEMPORARY,
@@ -153,7 +153,7 @@ class AllySmtpMailbox(models.Model):
             error=False,
             tested=True,
             values={
-                "server_fingerprint": box.company_id._ally_smtp_server_key(),
+                "server_fingerprint": box.company_id._ally_smtp_server_fingerprint(),
                 "sent_folder": folder,
             },
         )
@@ -290,7 +290,7 @@ class AllySmtpMailbox(models.Model):
         box._set_state(
             "untested",
             error=False,
-            values={"server_fingerprint": company._ally_smtp_server_key()},
+            values={"server_fingerprint": company._ally_smtp_server_fingerprint()},
         )
         _logger.info("ally_smtp: user %s connected their mailbox", box.user_id.id)
         try:

@@ -28,10 +28,11 @@ class _Batch:
     the send transaction. ``mail_id`` is the mail being sent now. Once
     ``connect()`` has signed in, ``mailbox`` is the sender's
     ``ally.smtp.mailbox`` and ``paused`` why its provider said "too much"
-    during this session (the rest of the batch then waits unasked).
+    during this session (the rest of the batch then waits unasked);
+    ``copy_wanted`` whether its mail gets Sent copies (read once).
     """
 
-    __slots__ = ("granted", "ledger", "mail_id", "mailbox", "paused")
+    __slots__ = ("copy_wanted", "granted", "ledger", "mail_id", "mailbox", "paused")
 
     def __init__(self):
         self.granted = True
@@ -39,6 +40,7 @@ class _Batch:
         self.mail_id = None
         self.mailbox = None
         self.paused = False
+        self.copy_wanted = None
 
 
 @contextlib.contextmanager
@@ -239,7 +241,6 @@ class IrMailServer(models.Model):
         connection.from_filter = self.from_filter
         connection.smtp_from = smtp_from
         connection.ally_smtp_batch = batch
-        connection.ally_smtp_owner = mailbox.user_id
         return connection
 
     def _smtp_login(self, connection, smtp_user, smtp_password):

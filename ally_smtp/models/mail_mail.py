@@ -17,7 +17,7 @@
 5. **Send** (``_send`` with the batch's ``Ledger``, ``_prepare_outgoing_list``,
    ``ir.mail_server.send_email``): each mail claimed by one worker, sent to
    the recipients no earlier attempt reached.
-6. **Record** (``ally.smtp.sent.copy.part._ally_smtp_record``): each accepted
+6. **Record** (``ally.smtp.delivery._ally_smtp_record``): each accepted
    SMTP transaction is kept at once on the ledger, with the bytes for the
    Sent copy (``lib/mailbox._KeepSent`` keeps them on the session).
 7. **Post-process** (``_postprocess_sent_message``): a failure's kind, noted

@@ -190,7 +190,7 @@ class ResCompany(models.Model):
                     )
 
     def write(self, vals):
-        keys = {company: company._ally_smtp_server_key() for company in self}
+        keys = {company: company._ally_smtp_server_fingerprint() for company in self}
         if OAUTH_FIELDS & vals.keys() or vals.get("ally_smtp_oauth_client_secret"):
             vals = dict(vals, ally_smtp_oauth_refused=False)
             refused = self.sudo().filtered("ally_smtp_oauth_refused")
@@ -211,7 +211,9 @@ class ResCompany(models.Model):
                 .search([("company_id", "in", self.ids), ("use_own", "=", True)])
             )
             moved = mailboxes.filtered(
-                lambda m: keys[m.company_id] != m.company_id._ally_smtp_server_key()
+                lambda m: (
+                    keys[m.company_id] != m.company_id._ally_smtp_server_fingerprint()
+                )
             )
             if moved:
                 moved._set_state("untested")
@@ -253,7 +255,9 @@ class ResCompany(models.Model):
             }
         )
 
-    def _ally_smtp_fail(self, exc, host, port, login="", protocol="smtp"):
+    def _ally_smtp_raise_classified(self, exc, host, port, login="", protocol="smtp"):
+        """Raise ``exc`` from talking to ``host`` as the ``errors.MailboxError``
+        that says what it means and what it makes of the mailbox."""
         kind, message = errors.classify(self.env, exc, host, port, login, protocol)
         _logger.info("ally_smtp: %s:%s refused: %s", host, port, exc)
         raise errors.MailboxError(kind, message) from None
@@ -269,7 +273,7 @@ class ResCompany(models.Model):
             finally:
                 connection.close()
         except Exception as exc:  # noqa: BLE001 - every failure gets a message
-            self._ally_smtp_fail(exc, host, port)
+            self._ally_smtp_raise_classified(exc, host, port)
         if not offered:
             raise UserError(
                 _(
@@ -298,9 +302,9 @@ class ResCompany(models.Model):
             with self._ally_smtp_open_imap() as imap:
                 imap.capability()
         except Exception as exc:  # noqa: BLE001
-            self._ally_smtp_fail(exc, host, port, protocol="imap")
+            self._ally_smtp_raise_classified(exc, host, port, protocol="imap")
 
-    def _ally_smtp_server_key(self):
+    def _ally_smtp_server_fingerprint(self):
         """Which servers the users' passwords are sent to, as one string."""
         self.ensure_one()
         return "|".join(

@@ -10,6 +10,7 @@ from unittest.mock import patch
 from odoo import SUPERUSER_ID, api, modules
 from odoo.tests import TransactionCase, tagged
 
+from ..models.ir_mail_server import _Batch
 from .common import Mailbox, company_values, harness
 
 
@@ -42,7 +43,8 @@ class TestFilingRunsAtOnce(TransactionCase):
         message_ids = []
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
-            admin = env["res.users"].browse(admin_id)
+            batch = _Batch()
+            batch.mailbox = env["res.users"].browse(admin_id)._ally_smtp_mailbox()
             for i in range(12):
                 message_id = f"<at-once-{i}-{uuid.uuid4().hex}@agency.test>"
                 message_ids.append(message_id)
@@ -53,7 +55,7 @@ class TestFilingRunsAtOnce(TransactionCase):
                         f"Subject: at once {i}\r\nMessage-Id: {message_id}\r\n"
                         f"Date: {email.utils.formatdate()}\r\n\r\nHello {i}\r\n"
                     ).encode()
-                    session = SimpleNamespace(ally_smtp_owner=admin, ally_smtp_sent=raw)
+                    session = SimpleNamespace(ally_smtp_batch=batch, ally_smtp_sent=raw)
                     env["ally.smtp.delivery"]._ally_smtp_record(
                         session, email.message_from_bytes(raw)
                     )
