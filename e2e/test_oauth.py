@@ -112,7 +112,7 @@ def test_colleague_cannot_act_on_someone_elses_sign_in(agency, method):
         fault = exc.faultString
     assert fault, f"{method} on Olga's id was accepted for Oscar"
     assert agency.state("olga")["ally_smtp_oauth_account"] == OLGA
-    (olgas,) = agency.admin(
+    (olgas,) = agency.world.admin(
         "ally.smtp.mailbox", "search", [("user_id", "=", agency.users["olga"])]
     )
     for model, ids, private in (
