@@ -249,11 +249,10 @@ class AllySmtpDelivery(models.Model):
         ledger = batch.ledger or Ledger(self.env, own=False)
         try:
             session.ally_smtp_sent = None
-            user = batch.mailbox.user_id
             wanted = self._ally_smtp_copy_wanted(batch)
-            key = (user.id, message_id)
+            key = (batch.owner_id, message_id)
             values = [
-                user.id,
+                batch.owner_id,
                 batch.mail_id,
                 message_id,
                 str(message["Subject"] or ""),

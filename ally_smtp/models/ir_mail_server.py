@@ -27,18 +27,29 @@ class _Batch:
     ``mail.mail._send`` sends the batch: whom each mail reached, kept outside
     the send transaction. ``mail_id`` is the mail being sent now. Once
     ``connect()`` has signed in, ``mailbox`` is the sender's
-    ``ally.smtp.mailbox`` and ``paused`` why its provider said "too much"
+    ``ally.smtp.mailbox`` (``owner_id`` its user's id, read once: the queue
+    commits after each mail, and a record would be read again after each
+    commit) and ``paused`` why its provider said "too much"
     during this session (the rest of the batch then waits unasked);
     ``copy_wanted`` whether its mail gets Sent copies (read once).
     """
 
-    __slots__ = ("copy_wanted", "granted", "ledger", "mail_id", "mailbox", "paused")
+    __slots__ = (
+        "copy_wanted",
+        "granted",
+        "ledger",
+        "mail_id",
+        "mailbox",
+        "owner_id",
+        "paused",
+    )
 
     def __init__(self):
         self.granted = True
         self.ledger = None
         self.mail_id = None
         self.mailbox = None
+        self.owner_id = None
         self.paused = False
         self.copy_wanted = None
 
@@ -221,6 +232,7 @@ class IrMailServer(models.Model):
         mailbox = self.ally_smtp_owner_id._ally_smtp_mailbox()
         company = mailbox.company_id
         mailbox = batch.mailbox = mailbox.with_context(lang=mailbox.user_id.lang)
+        batch.owner_id = mailbox.user_id.id
         kind, blocked = mailbox._unusable()
         if blocked:
             raise _note_failure(mailbox, kind, blocked)

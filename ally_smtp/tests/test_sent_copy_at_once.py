@@ -45,6 +45,7 @@ class TestFilingRunsAtOnce(TransactionCase):
             env = api.Environment(cr, SUPERUSER_ID, {})
             batch = _Batch()
             batch.mailbox = env["res.users"].browse(admin_id)._ally_smtp_mailbox()
+            batch.owner_id = admin_id
             for i in range(12):
                 message_id = f"<at-once-{i}-{uuid.uuid4().hex}@agency.test>"
                 message_ids.append(message_id)
