@@ -1,0 +1,298 @@
+import logging
+import threading
+import time
+import zlib
+from datetime import timedelta
+
+from psycopg2.errors import TransactionRollbackError
+
+from odoo import api, fields, models, modules
+from odoo.tools import config
+
+from ..lib import errors, mailbox, replies
+from .mail_thread import FROM_SENT
+
+_logger = logging.getLogger(__name__)
+
+# pg_try_advisory_lock(REPLIES_LOCK, mailbox id): one run reads a mailbox
+REPLIES_LOCK = zlib.crc32(b"ally_smtp.replies") & 0x7FFFFFFF
+# after a failure a mailbox is read again after this, doubled each time
+REPLIES_FIRST_DELAY = timedelta(minutes=5)
+REPLIES_LONGEST_DELAY = timedelta(days=1)
+# messages passed over (not replies) committed with their watermark at once
+PASS_BATCH = 200
+
+
+def _time_budget():
+    """Seconds a run may read mailboxes, well inside the cron's time limit."""
+    limit = config.get("limit_time_real_cron") or 0
+    if limit <= 0:
+        limit = config.get("limit_time_real") or 0
+    return max(5.0, limit / 12) if limit > 0 else 60.0
+
+
+def _testing():
+    """Tests run in one transaction that must not be committed."""
+    return getattr(threading.current_thread(), "testing", False)
+
+
+class AllySmtpMailbox(models.Model):
+    """Replies come home: the answers to mail sent from a consultant's
+    mailbox, found in its INBOX (the student's) and its Sent folder (the
+    consultant's own, written in their mail client), are handed to Odoo's
+    mail gateway, which threads them on their record.
+
+    Nothing else of the mailbox is read: folders are EXAMINEd (read-only),
+    only three headers of each new message are read, and a body only when
+    In-Reply-To/References name a message Odoo has on a record. A watermark
+    per folder (``ally.smtp.reply.mark``) makes each message looked at once.
+    """
+
+    _inherit = "ally.smtp.mailbox"
+
+    replies_checked_at = fields.Datetime("Replies last checked", readonly=True)
+    replies_error = fields.Text("Replies: why the last check failed", readonly=True)
+    replies_failures = fields.Integer(readonly=True)
+    replies_error_kind = fields.Char(readonly=True)
+    replies_imported = fields.Integer("Replies brought in", readonly=True)
+    reply_mark_ids = fields.One2many(
+        "ally.smtp.reply.mark", "mailbox_id", readonly=True
+    )
+
+    def _set_state(self, state, error=None, tested=False, values=None):
+        """A Test or sign-in that works lets the replies be read again at
+        once, whatever failed before."""
+        if state == "ok" and tested:
+            values = dict(
+                values or {},
+                replies_failures=0,
+                replies_error=False,
+                replies_error_kind=False,
+            )
+        return super()._set_state(state, error=error, tested=tested, values=values)
+
+    # -- the cron ----------------------------------------------------------------
+    @api.model
+    def _ally_smtp_fetch_replies(self):
+        """Cron: bring the new replies of every mailbox in use into Odoo, one
+        IMAP session per mailbox, until a time budget is spent."""
+        if modules.module.current_test:  # other modules' tests stay offline
+            return
+        deadline = time.monotonic() + _time_budget()
+        boxes = self._replies_due()
+        for position, box in enumerate(boxes):
+            if position and time.monotonic() >= deadline:
+                self.env["ir.cron"]._notify_progress(
+                    done=position, remaining=len(boxes) - position
+                )
+                return
+            box._replies_run()
+
+    @api.model
+    def _replies_due(self):
+        """Mailboxes whose replies are read now: in use and working, not
+        paused, of a company that asked for it; after a failure, once its
+        delay passed (a refused password: once the owner tested it again)."""
+        now = fields.Datetime.now()
+        boxes = self.sudo().search(
+            [
+                ("use_own", "=", True),
+                ("state", "=", "ok"),
+                "|",
+                ("paused_until", "=", False),
+                ("paused_until", "<=", now),
+                ("company_id.ally_smtp_fetch_replies", "=", True),
+                ("company_id.ally_smtp_imap_host", "!=", False),
+            ],
+            order="replies_checked_at asc nulls first, id",
+        )
+        return boxes.filtered(
+            lambda box: box._replies_ready(now) and not box._unusable()[1]
+        )
+
+    def _replies_ready(self, now):
+        if not self.replies_failures:
+            return True
+        if self.replies_error_kind in (errors.AUTH, errors.RECONNECT):
+            # never again with a refused password: many refused logins get
+            # the agency's server blocked; the owner's Test clears it
+            return False
+        delay = min(
+            REPLIES_FIRST_DELAY * 2 ** (self.replies_failures - 1),
+            REPLIES_LONGEST_DELAY,
+        )
+        return self.replies_checked_at + delay <= now
+
+    def _replies_run(self):
+        """Read this mailbox's new messages once, under its lock: INBOX, then
+        the Sent folder. Returns how many messages were brought in, or
+        ``None`` when another run holds the mailbox."""
+        self.ensure_one()
+        box = self.sudo()
+        cr = self.env.cr
+        cr.execute("SELECT pg_try_advisory_lock(%s, %s)", [REPLIES_LOCK, box.id])
+        if not cr.fetchone()[0]:
+            return None
+        company = box.company_id
+        imap, imported = None, 0
+        try:
+            imap = company._ally_smtp_open_imap()
+            box._sign_in_imap(imap)
+            folders = [("INBOX", False)]
+            sent = box.sent_folder or mailbox.find_sent(imap)
+            if sent:
+                folders.append((sent, True))
+            for name, own in folders:
+                imported += box._replies_folder(imap, name, own)
+            box._replies_note(imported=imported)
+        except TransactionRollbackError as exc:
+            self._replies_rollback()
+            _logger.info("ally_smtp: replies of user %s: %s", box.user_id.id, exc)
+        except Exception as exc:  # noqa: BLE001 - noted on the mailbox, retried
+            self._replies_rollback()
+            box._replies_failed(exc, imported)
+        finally:
+            if imap is not None:
+                try:
+                    imap.logout()
+                except Exception:  # noqa: BLE001 - what was imported stays
+                    imap.shutdown()
+            cr.execute("SELECT pg_advisory_unlock(%s, %s)", [REPLIES_LOCK, box.id])
+        return imported
+
+    def _replies_folder(self, imap, name, own):
+        """Bring in the replies among ``name``'s messages since its mark;
+        ``own``: the Sent folder, whose replies are the owner's."""
+        Mark = self.env["ally.smtp.reply.mark"].sudo()
+        mark = Mark.search([("mailbox_id", "=", self.id), ("folder", "=", name)])
+        try:
+            folder = replies.Folder(imap, name)
+        except replies.FolderGone:
+            if name == "INBOX":
+                raise
+            return 0  # a Sent folder gone: found again at the next Test
+        start = folder.start(mark.uidvalidity, mark.last_uid or None)
+        if mark.uidvalidity and mark.uidvalidity != folder.uidvalidity:
+            _logger.info(
+                "ally_smtp: folder %s of user %s was renumbered (UIDVALIDITY); "
+                "its last %s messages are looked at again",
+                name,
+                self.user_id.id,
+                replies.RESCAN,
+            )
+        headers = folder.headers(start)
+        if not headers:
+            if mark.uidvalidity != folder.uidvalidity:  # new, or renumbered
+                last = max(start, folder.uidnext) - 1
+                self._replies_mark(mark, name, folder.uidvalidity, last)
+                self._replies_commit()
+            return 0
+        known, existing = self._replies_known(headers)
+        Thread = self.env["mail.thread"].sudo()
+        if own:
+            Thread = Thread.with_context(**{FROM_SENT: True})
+        imported = passed = 0
+        for uid, message_id, answers in headers:
+            if message_id not in existing and known.intersection(answers):
+                raw = folder.body(uid)
+                if raw and self._replies_import(Thread, raw, uid, name):
+                    imported += 1
+                passed = PASS_BATCH  # committed with this message
+            mark = self._replies_mark(mark, name, folder.uidvalidity, uid)
+            passed += 1
+            if passed >= PASS_BATCH:
+                self._replies_commit()
+                passed = 0
+        self._replies_commit()
+        return imported
+
+    def _replies_known(self, headers):
+        """``(answered, existing)``: the Message-IDs named by ``headers`` that
+        are messages on a record, and the messages' own Message-IDs that Odoo
+        has already (its own mail, filed in Sent; a reply it got before)."""
+        named = {m for _uid, _own, answers in headers for m in answers}
+        own = {message_id for _uid, message_id, _answers in headers if message_id}
+        Message = self.env["mail.message"].sudo().with_context(active_test=False)
+        answered = set(
+            Message.search(
+                [
+                    ("message_id", "in", list(named)),
+                    ("model", "!=", False),
+                    ("res_id", "!=", False),
+                ]
+            ).mapped("message_id")
+            if named
+            else ()
+        )
+        existing = set(
+            Message.search([("message_id", "in", list(own))]).mapped("message_id")
+            if own
+            else ()
+        )
+        return answered, existing
+
+    def _replies_import(self, Thread, raw, uid, folder):
+        """Hand one message to Odoo's mail gateway, which threads it on its
+        record by In-Reply-To/References and skips a Message-ID it has."""
+        try:
+            with self.env.cr.savepoint():
+                return bool(Thread.message_process(False, raw))
+        except TransactionRollbackError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one message, not the mailbox
+            _logger.info(
+                "ally_smtp: message %s of folder %s of user %s not brought in: %s",
+                uid,
+                folder,
+                self.user_id.id,
+                exc,
+            )
+            return False
+
+    def _replies_mark(self, mark, folder, uidvalidity, uid):
+        values = {"uidvalidity": uidvalidity, "last_uid": str(uid)}
+        if mark:
+            mark.write(values)
+            return mark
+        return mark.create({"mailbox_id": self.id, "folder": folder, **values})
+
+    def _replies_note(self, imported=0, error=False, kind=False):
+        values = {
+            "replies_checked_at": fields.Datetime.now(),
+            "replies_error": error,
+            "replies_error_kind": kind,
+            "replies_failures": self.replies_failures + 1 if error else 0,
+        }
+        if imported:
+            values["replies_imported"] = self.replies_imported + imported
+        try:
+            with self.env.cr.savepoint():
+                self.sudo().write(values)
+            self._replies_commit()
+        except TransactionRollbackError:  # a send wrote the mailbox meanwhile
+            self._replies_rollback()
+
+    def _replies_failed(self, exc, imported):
+        """Note why the mailbox could not be read; sending goes on as it is."""
+        company = self.company_id
+        user = self.user_id
+        env = self.with_context(lang=user.lang).env
+        kind, message = errors.classify(
+            env,
+            exc,
+            (company.ally_smtp_imap_host or "").strip(),
+            company.ally_smtp_imap_port,
+            self.address,
+            protocol="imap",
+        )
+        _logger.info("ally_smtp: replies of user %s not read: %s", user.id, message)
+        self.invalidate_recordset()
+        self._replies_note(imported=imported, error=message, kind=kind)
+
+    def _replies_commit(self):
+        if not _testing():
+            self.env.cr.commit()  # pylint: disable=invalid-commit
+
+    def _replies_rollback(self):
+        if not _testing():
+            self.env.cr.rollback()
