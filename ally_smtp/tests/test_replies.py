@@ -202,6 +202,8 @@ class TestReplies(RepliesMixin, AllySmtpCase):
             answers=[sent.message_id, answer["Message-ID"]],
         )
         deliver(self.alice_box, own, "Sent", r"(\Seen)")
+        # a student who follows the record would be mailed a new comment
+        self.maria.message_subscribe(self.maria.ids)
         # Odoo's own copy of its mail in Sent (its Message-ID): no new message
         odoo_copy = message(
             "alice@agency.test",
