@@ -21,6 +21,8 @@ REPLIES_FIRST_DELAY = timedelta(minutes=5)
 REPLIES_LONGEST_DELAY = timedelta(days=1)
 # messages passed over (not replies) committed with their watermark at once
 PASS_BATCH = 200
+# a reply Odoo's mail gateway refuses is tried by this many runs, then passed
+IMPORT_TRIES = 3
 
 
 def _time_budget():
@@ -195,8 +197,14 @@ class AllySmtpMailbox(models.Model):
         for uid, message_id, answers in headers:
             if message_id not in existing and known.intersection(answers):
                 raw = folder.body(uid)
-                if raw and self._replies_import(Thread, raw, uid, name):
-                    imported += 1
+                problem = raw and self._replies_import(Thread, raw)
+                if problem and not self._replies_give_up(
+                    mark, name, folder.uidvalidity, uid, problem
+                ):
+                    # the mark stays before it: the next run tries it again
+                    self._replies_commit()
+                    raise errors.MailboxError(errors.TEMPORARY, problem)
+                imported += bool(raw and not problem)
                 passed = PASS_BATCH  # committed with this message
             mark = self._replies_mark(mark, name, folder.uidvalidity, uid)
             passed += 1
@@ -231,23 +239,42 @@ class AllySmtpMailbox(models.Model):
         )
         return answered, existing
 
-    def _replies_import(self, Thread, raw, uid, folder):
+    def _replies_import(self, Thread, raw):
         """Hand one message to Odoo's mail gateway, which threads it on its
-        record by In-Reply-To/References and skips a Message-ID it has."""
+        record by In-Reply-To/References and skips a Message-ID it has.
+        Returns why it failed, or ``False``."""
         try:
             with self.env.cr.savepoint():
-                return bool(Thread.message_process(False, raw))
+                Thread.message_process(False, raw)
         except TransactionRollbackError:
             raise
-        except Exception as exc:  # noqa: BLE001 - one message, not the mailbox
-            _logger.info(
-                "ally_smtp: message %s of folder %s of user %s not brought in: %s",
+        except Exception as exc:  # noqa: BLE001 - noted, tried again
+            return self.env._(
+                "A reply could not be brought into Odoo: %(error)s", error=exc
+            )
+        return False
+
+    def _replies_give_up(self, mark, folder, uidvalidity, uid, problem):
+        """Whether to pass over message ``uid``, refused ``IMPORT_TRIES``
+        times; else note one more refusal on the mark (saved by the caller)."""
+        tries = mark.stuck_tries + 1 if mark.stuck_uid == str(uid) else 1
+        if tries >= IMPORT_TRIES:
+            _logger.warning(
+                "ally_smtp: message %s of folder %s of user %s passed over after "
+                "%s attempts: %s",
                 uid,
                 folder,
                 self.user_id.id,
-                exc,
+                tries,
+                problem,
             )
-            return False
+            if mark:
+                mark.write({"stuck_uid": False, "stuck_tries": 0})
+            return True
+        if not mark:
+            mark = self._replies_mark(mark, folder, uidvalidity, uid - 1)
+        mark.write({"stuck_uid": str(uid), "stuck_tries": tries})
+        return False
 
     def _replies_mark(self, mark, folder, uidvalidity, uid):
         values = {"uidvalidity": uidvalidity, "last_uid": str(uid)}

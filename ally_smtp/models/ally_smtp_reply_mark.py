@@ -18,6 +18,10 @@ class AllySmtpReplyMark(models.Model):
     # 32-bit unsigned numbers (RFC 3501), beyond an int4 column: kept as text
     uidvalidity = fields.Char(readonly=True)
     last_uid = fields.Char(readonly=True)
+    # the next message, which Odoo's mail gateway refused: tried again by
+    # the next runs, passed over after IMPORT_TRIES refusals
+    stuck_uid = fields.Char(readonly=True)
+    stuck_tries = fields.Integer(readonly=True)
 
     _sql_constraints = [  # noqa: RUF012 - Odoo's declaration style
         (

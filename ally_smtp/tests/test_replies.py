@@ -347,6 +347,58 @@ class TestReplies(RepliesMixin, AllySmtpCase):
         self.assertFalse(box.replies_error)
         self.assertIn(box, self.env["ally.smtp.mailbox"]._replies_due())
 
+    def test_a_reply_odoo_refuses_is_tried_again_then_passed_over(self):
+        # a message on a record that takes no mail: Odoo's gateway has no
+        # route for its reply (ValueError), a stand-in for any refusal
+        country = self.env.ref("base.br")
+        odd = self.env["mail.message"].create(
+            {
+                "model": country._name,
+                "res_id": country.id,
+                "message_id": "<odd-thread@odoo.agency.test>",
+                "body": "A message on a country",
+            }
+        )
+        refused = message(
+            "student1@school.test",
+            "alice@agency.test",
+            "Re: country",
+            "Refused.",
+            answers=[odd.message_id],
+        )
+        sent = self.post(self.alice, self.maria)
+        after = message(
+            "student1@school.test",
+            "alice@agency.test",
+            "Re: visa",
+            "Comes after it.",
+            answers=[sent.message_id],
+        )
+        deliver(self.alice_box, refused)
+        deliver(self.alice_box, after)
+        box = self.alice._ally_smtp_mailbox()
+        for tries in (1, 2):
+            with self.subTest(tries=tries):
+                box.sudo().replies_checked_at = fields.Datetime.now() - replies_delay(
+                    tries
+                )
+                self.fetch()
+                mark = box.reply_mark_ids.filtered(lambda m: m.folder == "INBOX")
+                self.assertEqual(mark.stuck_tries, tries)
+                self.assertIn("could not be brought into Odoo", box.replies_error)
+                # the next message waits behind it: nothing is skipped yet
+                self.assertEqual(self.anywhere(after["Message-ID"]), 0)
+        box.sudo().replies_checked_at = fields.Datetime.now() - replies_delay(3)
+        with self.assertLogs(
+            "odoo.addons.ally_smtp.models.ally_smtp_mailbox_replies", "WARNING"
+        ) as logged:
+            self.fetch()
+        self.assertIn("passed over after 3 attempts", logged.output[0])
+        self.assertEqual(self.anywhere(refused["Message-ID"]), 0)
+        self.assertEqual(len(self.on_record(self.maria, after["Message-ID"])), 1)
+        self.assertFalse(box.replies_error)
+        self.assertFalse(mark.stuck_uid)
+
     def test_paused_or_off_mailboxes_are_not_read(self):
         sent = self.post(self.alice, self.maria)
         answer = message(
