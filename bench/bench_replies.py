@@ -258,7 +258,7 @@ class BenchReplies(TransactionCase):
                 "bodies",
                 "seconds",
                 "s/consult",
-                "B/unrel.",
+                "hdr B/msg",
             )
         )
         for label, secs, rd, lg in (
