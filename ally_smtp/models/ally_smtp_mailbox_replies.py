@@ -50,7 +50,7 @@ class AllySmtpMailbox(models.Model):
     per folder (``ally.smtp.reply.mark``) makes each message looked at once.
     """
 
-    _inherit = "ally.smtp.mailbox"
+    _inherit = "ally.smtp.mailbox"  # pylint: disable=consider-merging-classes-inherited
 
     replies_checked_at = fields.Datetime("Replies last checked", readonly=True)
     replies_error = fields.Text("Replies: why the last check failed", readonly=True)

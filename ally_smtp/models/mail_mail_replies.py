@@ -2,7 +2,7 @@ from odoo import models, tools
 
 
 class MailMail(models.Model):
-    _inherit = "mail.mail"
+    _inherit = "mail.mail"  # pylint: disable=consider-merging-classes-inherited
 
     def _ally_smtp_reply_to(self, emails, mail_server):
         """With replies coming home, a mail leaving from a personal mailbox is

@@ -2,7 +2,7 @@ from odoo import fields, models
 
 
 class ResCompany(models.Model):
-    _inherit = "res.company"
+    _inherit = "res.company"  # pylint: disable=consider-merging-classes-inherited
 
     # on for a new integration; an upgrade keeps it off (18.0.1.5.0
     # post-30-replies): reading a consultant's mailbox is the agency's choice

@@ -2,7 +2,7 @@ from odoo import fields, models
 
 
 class ResUsers(models.Model):
-    _inherit = "res.users"
+    _inherit = "res.users"  # pylint: disable=consider-merging-classes-inherited
 
     ally_smtp_fetch_replies = fields.Boolean(
         related="company_id.ally_smtp_fetch_replies"
