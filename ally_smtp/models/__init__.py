@@ -3,6 +3,7 @@ from . import ally_smtp_mailbox_sign_in
 from . import ally_smtp_mailbox_replies
 from . import ally_smtp_oauth_token
 from . import ally_smtp_reply_mark
+from . import ally_smtp_reply_status
 from . import ally_smtp_send_log
 from . import ally_smtp_sent_copy
 from . import ally_smtp_sent_copy_part

@@ -52,26 +52,37 @@ class AllySmtpMailbox(models.Model):
 
     _inherit = "ally.smtp.mailbox"  # pylint: disable=consider-merging-classes-inherited
 
-    replies_checked_at = fields.Datetime("Replies last checked", readonly=True)
-    replies_error = fields.Text("Replies: why the last check failed", readonly=True)
-    replies_failures = fields.Integer(readonly=True)
-    replies_error_kind = fields.Char(readonly=True)
-    replies_imported = fields.Integer("Replies brought in", readonly=True)
+    reply_status_ids = fields.One2many(
+        "ally.smtp.reply.status", "mailbox_id", readonly=True
+    )
+    replies_checked_at = fields.Datetime(
+        "Replies last checked", compute="_compute_replies"
+    )
+    replies_error = fields.Text(
+        "Replies: why the last check failed", compute="_compute_replies"
+    )
+    replies_error_kind = fields.Char(compute="_compute_replies")
+    replies_failures = fields.Integer(compute="_compute_replies")
+    replies_imported = fields.Integer("Replies brought in", compute="_compute_replies")
     reply_mark_ids = fields.One2many(
         "ally.smtp.reply.mark", "mailbox_id", readonly=True
     )
 
-    def _set_state(self, state, error=None, tested=False, values=None):
-        """A Test or sign-in that works lets the replies be read again at
-        once, whatever failed before."""
-        if state == "ok" and tested:
-            values = dict(
-                values or {},
-                replies_failures=0,
-                replies_error=False,
-                replies_error_kind=False,
-            )
-        return super()._set_state(state, error=error, tested=tested, values=values)
+    @api.depends(
+        "reply_status_ids.checked_at",
+        "reply_status_ids.error",
+        "reply_status_ids.error_kind",
+        "reply_status_ids.failures",
+        "reply_status_ids.imported",
+    )
+    def _compute_replies(self):
+        for box in self:
+            status = box.sudo().reply_status_ids[:1]
+            box.replies_checked_at = status.checked_at
+            box.replies_error = status.error
+            box.replies_error_kind = status.error_kind
+            box.replies_failures = status.failures
+            box.replies_imported = status.imported
 
     # -- the cron ----------------------------------------------------------------
     @api.model
@@ -106,19 +117,21 @@ class AllySmtpMailbox(models.Model):
                 ("company_id.ally_smtp_fetch_replies", "=", True),
                 ("company_id.ally_smtp_imap_host", "!=", False),
             ],
-            order="replies_checked_at asc nulls first, id",
         )
-        return boxes.filtered(
+        boxes = boxes.filtered(
             lambda box: box._replies_ready(now) and not box._unusable()[1]
         )
+        # the longest unchecked first: a run cut short by its time budget
+        # leaves the others for the next one
+        return boxes.sorted(lambda box: (box.replies_checked_at or now.min, box.id))
 
     def _replies_ready(self, now):
         if not self.replies_failures:
             return True
         if self.replies_error_kind in (errors.AUTH, errors.RECONNECT):
-            # never again with a refused password: many refused logins get
-            # the agency's server blocked; the owner's Test clears it
-            return False
+            # never again with a refused password (many refused logins get
+            # the agency's server blocked) until its owner's Test or Connect
+            return bool(self.tested_at and self.tested_at >= self.replies_checked_at)
         delay = min(
             REPLIES_FIRST_DELAY * 2 ** (self.replies_failures - 1),
             REPLIES_LONGEST_DELAY,
@@ -284,20 +297,20 @@ class AllySmtpMailbox(models.Model):
         return mark.create({"mailbox_id": self.id, "folder": folder, **values})
 
     def _replies_note(self, imported=0, error=False, kind=False):
+        """Note the end of a look at this mailbox, on its status row."""
+        status = self.sudo().reply_status_ids[:1]
         values = {
-            "replies_checked_at": fields.Datetime.now(),
-            "replies_error": error,
-            "replies_error_kind": kind,
-            "replies_failures": self.replies_failures + 1 if error else 0,
+            "checked_at": fields.Datetime.now(),
+            "error": error,
+            "error_kind": kind,
+            "failures": status.failures + 1 if error else 0,
+            "imported": status.imported + imported,
         }
-        if imported:
-            values["replies_imported"] = self.replies_imported + imported
-        try:
-            with self.env.cr.savepoint():
-                self.sudo().write(values)
-            self._replies_commit()
-        except TransactionRollbackError:  # a send wrote the mailbox meanwhile
-            self._replies_rollback()
+        if status:
+            status.write(values)
+        else:
+            status.create({"mailbox_id": self.id, **values})
+        self._replies_commit()
 
     def _replies_failed(self, exc, imported):
         """Note why the mailbox could not be read; sending goes on as it is."""

@@ -277,7 +277,7 @@ class TestTours(AllySmtpMixin, HttpCase):
         for lang in LANGS:
             with self.subTest(lang=lang):
                 self.alice.lang = lang
-                box.sudo().replies_failures = 0
+                box.sudo().reply_status_ids.unlink()
                 # the IMAP server does not answer: the reason is noted
                 self.company.ally_smtp_imap_port = free_port()
                 with self.live():
