@@ -27,4 +27,4 @@ screenshots:
 
 # Queue-run speed of the personal path against stock Odoo sending (bench/).
 bench:
-	$(PYTHON) -m harness test bench/bench_send.py -s
+	$(PYTHON) -m harness test bench/bench_send.py bench/bench_replies.py -s

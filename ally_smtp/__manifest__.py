@@ -15,11 +15,13 @@
         "security/ir.model.access.csv",
         "security/ally_smtp_security.xml",
         "data/ir_cron_data.xml",
+        "data/ally_smtp_replies_cron.xml",
         "views/ally_smtp_sent_copy_views.xml",
         "views/res_config_settings_views.xml",
         "views/res_users_views.xml",
         "views/ir_mail_server_views.xml",
         "views/oauth_templates.xml",
+        "views/ally_smtp_replies_views.xml",
     ],
     "assets": {
         "web.assets_tests": ["ally_smtp/static/tests/tours/*.js"],

@@ -351,6 +351,9 @@ def verify(world, flight):
         "Bob's mail left while his mailbox was paused",
     )
     mailboxes(world)
+    # replies come home (18.0.1.5.0): off for every company that upgraded
+    fetching = admin("res.company", "search", [("ally_smtp_fetch_replies", "=", True)])
+    check(not fetching, f"replies turned on by the upgrade for companies {fetching}")
     admin(
         "ally.smtp.mailbox",
         "action_resume",

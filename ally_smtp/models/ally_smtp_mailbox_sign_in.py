@@ -17,7 +17,7 @@ class AllySmtpMailbox(models.Model):
     """Signing in to a mailbox as its owner: with the password, or with the
     owner's Google/Microsoft grant (XOAUTH2); the Test, and Connect."""
 
-    _inherit = "ally.smtp.mailbox"
+    _inherit = "ally.smtp.mailbox"  # pylint: disable=consider-merging-classes-inherited
 
     def _password(self):
         """The decrypted mailbox password; call as superuser only."""

@@ -8,3 +8,4 @@ from . import test_sent_copy_at_once
 from . import test_i18n
 from . import test_uninstall
 from . import test_tours
+from . import test_replies

@@ -16,7 +16,7 @@ from odoo.tests import HttpCase, new_test_user, tagged
 from odoo.tests.common import ChromeBrowser
 from odoo.tools import mute_logger
 
-from .common import AllySmtpMixin
+from .common import AllySmtpMixin, free_port
 from .servers import OAuthServer, oauth_values
 
 LANGS = {"en_US": "en", "pt_BR": "pt_BR"}
@@ -246,3 +246,45 @@ class TestTours(AllySmtpMixin, HttpCase):
         self.env.invalidate_all()
         self.assertFalse(erin._ally_smtp_mailbox()._oauth_token())
         self.assertFalse(self.bob._ally_smtp_mailbox()._oauth_token())
+
+    # -- replies come home (#19) ---------------------------------------------------
+    def test_admin_sees_the_replies_setting(self):
+        admin = self.env.ref("base.user_admin")
+        for lang in LANGS:
+            with self.subTest(lang=lang):
+                self.company.ally_smtp_fetch_replies = True
+                self.tour(
+                    "/odoo/settings",
+                    "ally_smtp_replies_settings",
+                    admin,
+                    lang,
+                    None,
+                    "settings_replies",
+                )
+                self.assertFalse(self.company.ally_smtp_fetch_replies)
+
+    def test_consultant_sees_when_replies_were_checked(self):
+        self.company.ally_smtp_fetch_replies = True
+        with self.live():
+            self.alice._ally_smtp_mailbox()._test()
+        box = self.alice._ally_smtp_mailbox()
+        port = self.company.ally_smtp_imap_port
+        for lang in LANGS:
+            with self.subTest(lang=lang):
+                self.alice.lang = lang
+                box.sudo().reply_status_ids.unlink()
+                # the IMAP server does not answer: the reason is noted
+                self.company.ally_smtp_imap_port = free_port()
+                with self.live():
+                    self.env["ally.smtp.mailbox"]._ally_smtp_fetch_replies()
+                self.company.ally_smtp_imap_port = port
+                self.assertTrue(box.replies_checked_at)
+                self.assertTrue(box.replies_error)
+                self.tour(
+                    "/odoo",
+                    "ally_smtp_replies_preferences",
+                    self.alice,
+                    lang,
+                    {"error": box.replies_error[:40]},
+                    "preferences_replies",
+                )
