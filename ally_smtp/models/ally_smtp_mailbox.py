@@ -360,10 +360,11 @@ class AllySmtpMailbox(models.Model):
     def _search_paused(self, operator, value):
         if operator not in ("=", "!=") or not isinstance(value, bool):
             raise UserError(_("Unsupported search on 'Sending paused'."))
-        paused = [("paused_until", ">", fields.Datetime.now())]
+        now = fields.Datetime.now()
         if (operator == "=") == value:
-            return paused
-        return ["!", *paused]
+            return [("paused_until", ">", now)]
+        # never paused (no date) or paused until a time now past
+        return ["|", ("paused_until", "=", False), ("paused_until", "<=", now)]
 
     def action_resume(self):
         """Admins: send a paused mailbox's waiting mail now."""

@@ -248,6 +248,12 @@ class TestLimits(AllySmtpCase):
         self.assertTrue(self.alice.ally_smtp_paused)
         paused = self.env["res.users"].search([("ally_smtp_paused", "=", True)])
         self.assertEqual(paused, self.alice)
+        # a mailbox never paused (no date at all) is found as not paused
+        Mailbox = self.env["ally.smtp.mailbox"]
+        not_paused = Mailbox.search([("paused", "=", False)])
+        self.assertIn(self.bob._ally_smtp_mailbox(), not_paused)
+        self.assertNotIn(self.alice._ally_smtp_mailbox(), not_paused)
+        self.assertEqual(Mailbox.search([("paused", "!=", True)]), not_paused)
         with self.assertRaises(AccessError):
             self.alice._ally_smtp_mailbox().with_user(self.bob).action_resume()
         admin = self.env.ref("base.user_admin")
