@@ -15,31 +15,16 @@ import ssl
 import threading
 import time
 import xmlrpc.client
-from email.message import EmailMessage
 
 from conftest import Rpc, servers
+
+message = servers.message
 from test_production import cron_workers, set_cron_active
 
 ALICE = "alice@agency.test"
 STUDENT = "student1@school.test"
 CRON = "ally_smtp.ir_cron_replies"
 PDF = b"%PDF-1.4 passport scan\n%%EOF\n"
-
-
-def message(sender, to, subject, body, answers=(), attachment=None):
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
-    msg["Date"] = email.utils.formatdate(localtime=True)
-    msg["Message-ID"] = email.utils.make_msgid(domain=sender.rsplit("@", 1)[-1])
-    if answers:
-        msg["In-Reply-To"] = answers[-1]
-        msg["References"] = " ".join(answers)
-    msg.set_content(body)
-    if attachment:
-        msg.add_attachment(
-            attachment[1], maintype="application", subtype="pdf", filename=attachment[0]
-        )
-    return msg
 
 
 def smtp_send(world, login, msg):

@@ -4,6 +4,8 @@ tests inside Odoo and for the suite that drives a running server (``e2e/``)."""
 import base64
 import contextlib
 import email
+import email.policy
+import email.utils
 import hashlib
 import html
 import imaplib
@@ -16,6 +18,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.message import EmailMessage
 
 
 def harness():
@@ -418,3 +421,26 @@ def id_token_claims(id_token):
     """The claims of a JWT, unverified."""
     payload = id_token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def message(sender, to, subject, body, answers=(), attachment=None, msgid=None):
+    """A mail as a mail client writes it; ``answers``: the Message-IDs it
+    replies to (In-Reply-To, References), ``attachment``: (name, PDF bytes)."""
+    """A message as a mail client writes it: answering ``answers`` (the
+    thread's Message-IDs, oldest first) when given."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate(localtime=True)
+    domain = sender.rsplit("@", 1)[-1].rstrip(">")
+    msg["Message-ID"] = msgid or email.utils.make_msgid(domain=domain)
+    if answers:
+        msg["In-Reply-To"] = answers[-1]
+        msg["References"] = " ".join(answers)
+    msg.set_content(body)
+    if attachment:
+        msg.add_attachment(
+            attachment[1], maintype="application", subtype="pdf", filename=attachment[0]
+        )
+    return msg

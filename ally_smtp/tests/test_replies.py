@@ -3,9 +3,8 @@ consultant's INBOX on the harness's Dovecot, lands once on the student's
 record; the consultant's own answers from their mail client come from their
 Sent folder; nothing else of the mailbox is read, marked or brought in."""
 
-import email.policy
+import email
 import email.utils
-from email.message import EmailMessage
 
 from odoo import fields
 from odoo.tests import tagged
@@ -14,30 +13,10 @@ from odoo.tools import mute_logger
 from ..lib import crypto, errors, replies
 from ..models.ally_smtp_mailbox_replies import REPLIES_FIRST_DELAY, REPLIES_LOCK
 from .common import AllySmtpCase, Mailbox, free_port
+from .servers import message
 from .test_oauth import OAuthCase
 
 PDF = b"%PDF-1.4 the signed contract\n%%EOF\n"
-
-
-def message(sender, to, subject, body, answers=(), attachment=None, msgid=None):
-    """A message as a mail client writes it: answering ``answers`` (the
-    thread's Message-IDs, oldest first) when given."""
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(localtime=True)
-    domain = sender.rsplit("@", 1)[-1].rstrip(">")
-    msg["Message-ID"] = msgid or email.utils.make_msgid(domain=domain)
-    if answers:
-        msg["In-Reply-To"] = answers[-1]
-        msg["References"] = " ".join(answers)
-    msg.set_content(body)
-    if attachment:
-        msg.add_attachment(
-            attachment[1], maintype="application", subtype="pdf", filename=attachment[0]
-        )
-    return msg
 
 
 def deliver(box, msg, folder="INBOX", flags=None):
@@ -62,6 +41,20 @@ class RepliesMixin:
         super().setUp()
         self.alice_box.purge()
         self.ready(self.alice)
+
+    def maria_answers(self, sent, body="Yes.", subject="Re: visa", **kwargs):
+        """Maria answers ``sent`` (a ``mail.message``): her mail is delivered
+        to Alice's INBOX. Returns it."""
+        answer = message(
+            "student1@school.test",
+            "alice@agency.test",
+            subject,
+            body,
+            answers=[sent.message_id],
+            **kwargs,
+        )
+        deliver(self.alice_box, answer)
+        return answer
 
     def ready(self, user):
         """The mailbox passed its Test: working, its Sent folder known."""
@@ -186,14 +179,7 @@ class TestReplies(RepliesMixin, AllySmtpCase):
 
     def test_consultant_reply_from_sent_is_theirs_and_not_mailed_again(self):
         sent = self.post(self.alice, self.maria)
-        answer = message(
-            "student1@school.test",
-            "alice@agency.test",
-            "Re: visa",
-            "Which time?",
-            answers=[sent.message_id],
-        )
-        deliver(self.alice_box, answer)
+        answer = self.maria_answers(sent, body="Which time?")
         own = message(
             '"Alice Consultant" <alice@agency.test>',
             "student1@school.test",
@@ -274,14 +260,7 @@ class TestReplies(RepliesMixin, AllySmtpCase):
 
     def test_two_runs_at_once_one_reads_the_mailbox(self):
         sent = self.post(self.alice, self.maria)
-        answer = message(
-            "student1@school.test",
-            "alice@agency.test",
-            "Re: visa",
-            "Yes.",
-            answers=[sent.message_id],
-        )
-        deliver(self.alice_box, answer)
+        answer = self.maria_answers(sent)
         box = self.alice._ally_smtp_mailbox()
         # another cron worker holds the mailbox (its own connection)
         with self.env.registry.cursor() as other:
@@ -402,14 +381,7 @@ class TestReplies(RepliesMixin, AllySmtpCase):
 
     def test_paused_or_off_mailboxes_are_not_read(self):
         sent = self.post(self.alice, self.maria)
-        answer = message(
-            "student1@school.test",
-            "alice@agency.test",
-            "Re: visa",
-            "Yes.",
-            answers=[sent.message_id],
-        )
-        deliver(self.alice_box, answer)
+        answer = self.maria_answers(sent)
         box = self.alice._ally_smtp_mailbox()
         box.sudo().paused_until = fields.Datetime.now() + replies_delay()
         self.fetch()
@@ -478,14 +450,7 @@ class TestRepliesOAuth(RepliesMixin, OAuthCase):
         self.assertTrue(connected, text)
         box = self.alice._ally_smtp_mailbox()
         sent = self.post(self.alice, self.maria)
-        answer = message(
-            "student1@school.test",
-            "alice@agency.test",
-            "Re: visa",
-            "Via Gmail.",
-            answers=[sent.message_id],
-        )
-        deliver(self.alice_box, answer)
+        answer = self.maria_answers(sent, body="Via Gmail.")
         self.fetch()
         self.assertFalse(box.replies_error)
         self.assertEqual(len(self.on_record(self.maria, answer["Message-ID"])), 1)

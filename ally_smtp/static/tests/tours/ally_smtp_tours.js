@@ -16,6 +16,8 @@ const TEXTS = {
         connectGoogle: "Connect Google account",
         connectedAs: "Connected as",
         working: "Working",
+        repliesSetting: "Bring replies into Odoo",
+        repliesChecked: "Replies: last checked at",
     },
     pt: {
         setting: "E-mail da agência (SMTP)",
@@ -30,6 +32,8 @@ const TEXTS = {
         connectGoogle: "Conectar conta Google",
         connectedAs: "Conectado como",
         working: "Funcionando",
+        repliesSetting: "Trazer respostas para o Odoo",
+        repliesChecked: "Respostas: verificadas por último em",
     },
 };
 
@@ -291,5 +295,61 @@ registry.category("web_tour.tours").add("ally_smtp_my_profile_link", {
     steps: () => [
         expectValue(".o_form_view [name=ally_smtp_oauth_account]", "email"),
         expectText(".o_form_view [name=ally_smtp_state]", "working"),
+    ],
+});
+
+// The agency turns the setting off, and saves.
+registry.category("web_tour.tours").add("ally_smtp_replies_settings", {
+    steps: () => [
+        {
+            content: "Find the replies setting of the agency email",
+            trigger: "#ally_smtp_replies_setting",
+        },
+        expectText("#ally_smtp_replies_setting", "repliesSetting"),
+        {
+            content: "On by default for a new integration",
+            trigger: "#ally_smtp_replies_setting [name=ally_smtp_fetch_replies] input:checked",
+        },
+        showOnScreen("#ally_smtp_replies_setting"),
+        {
+            content: "Turn it off",
+            trigger: "#ally_smtp_replies_setting [name=ally_smtp_fetch_replies] input",
+            run: "uncheck",
+        },
+        {
+            content: "Save",
+            trigger: ".o_form_button_save:enabled, button[name=execute]:enabled",
+            run: "click",
+        },
+        {
+            content: "Saved: off",
+            trigger:
+                "#ally_smtp_replies_setting [name=ally_smtp_fetch_replies] input:not(:checked)",
+        },
+    ],
+});
+
+// My Profile says when replies were last looked for, and why it failed.
+registry.category("web_tour.tours").add("ally_smtp_replies_preferences", {
+    steps: () => [
+        { trigger: ".o_user_menu button", run: "click" },
+        { trigger: "[data-menu=settings]", run: "click" },
+        { trigger: ".modal [name=ally_smtp_use_own]" },
+        expectText(".modal .o_ally_smtp_replies", "repliesChecked"),
+        {
+            content: "The time of the last check is shown",
+            trigger: ".modal .o_ally_smtp_replies [name=ally_smtp_replies_checked_at]:not(:empty)",
+        },
+        {
+            content: "The reason of the failure, as the test provoked it",
+            trigger: ".modal .o_ally_smtp_replies_error:visible",
+            run(helpers) {
+                const shown = helpers.anchor.textContent;
+                if (!shown.includes(window.allySmtpTour.error)) {
+                    throw new Error(`expected "${window.allySmtpTour.error}" in "${shown}"`);
+                }
+            },
+        },
+        showOnScreen(".modal .o_ally_smtp_replies"),
     ],
 });
