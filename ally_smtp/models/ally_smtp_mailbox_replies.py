@@ -148,6 +148,10 @@ class AllySmtpMailbox(models.Model):
         cr.execute("SELECT pg_try_advisory_lock(%s, %s)", [REPLIES_LOCK, box.id])
         if not cr.fetchone()[0]:
             return None
+        # this transaction's snapshot may predate the commits of the run that
+        # held the mailbox until now (a new mark, a moved watermark): the
+        # session lock stays, the snapshot starts afresh
+        self._replies_commit()
         company = box.company_id
         imap, imported = None, 0
         try:
