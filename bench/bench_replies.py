@@ -16,7 +16,7 @@ from collections import Counter
 from email.message import EmailMessage
 from unittest.mock import patch
 
-from bench_send import DovecotLog
+from queue_bench import DovecotLog
 
 from odoo import SUPERUSER_ID, api, modules
 from odoo.tests import TransactionCase, new_test_user, tagged
