@@ -424,10 +424,9 @@ def id_token_claims(id_token):
 
 
 def message(sender, to, subject, body, answers=(), attachment=None, msgid=None):
-    """A mail as a mail client writes it; ``answers``: the Message-IDs it
-    replies to (In-Reply-To, References), ``attachment``: (name, PDF bytes)."""
-    """A message as a mail client writes it: answering ``answers`` (the
-    thread's Message-IDs, oldest first) when given."""
+    """A mail as a mail client writes it, answering ``answers`` (the thread's
+    Message-IDs, oldest first: In-Reply-To, References) when given, with
+    ``attachment`` (name, PDF bytes) when given."""
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = sender
     msg["To"] = to
