@@ -31,7 +31,8 @@ class _Batch:
     commits after each mail, and a record would be read again after each
     commit) and ``paused`` why its provider said "too much"
     during this session (the rest of the batch then waits unasked);
-    ``copy_wanted`` whether its mail gets Sent copies (read once).
+    ``copy_wanted`` whether its mail gets Sent copies, ``reply_to`` the
+    Reply-To its mail gets (both decided once).
     """
 
     __slots__ = (
@@ -42,6 +43,7 @@ class _Batch:
         "mailbox",
         "owner_id",
         "paused",
+        "reply_to",
     )
 
     def __init__(self):
@@ -51,6 +53,7 @@ class _Batch:
         self.mailbox = None
         self.owner_id = None
         self.paused = False
+        self.reply_to = None
         self.copy_wanted = None
 
 

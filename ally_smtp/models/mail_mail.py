@@ -269,7 +269,7 @@ class MailMail(models.Model):
         batch = sending_batch_of(mail_server)
         if batch is None:
             return emails
-        self._ally_smtp_reply_to(emails, mail_server)
+        self._ally_smtp_reply_to(emails, mail_server, batch)
         for email in emails:
             if email.get("attachments"):
                 email["attachments"] = [
