@@ -10,7 +10,7 @@ from odoo import api, fields, models, modules
 from odoo.tools import config
 
 from ..lib import errors, mailbox, replies
-from .mail_thread import FROM_SENT
+from .mail_thread import FROM_SENT, SENT_FOLDER
 
 _logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class AllySmtpMailbox(models.Model):
         known, existing = self._replies_known(headers)
         Thread = self.env["mail.thread"].sudo()
         if own:
-            Thread = Thread.with_context(**{FROM_SENT: True})
+            Thread = Thread.with_context(**{FROM_SENT: SENT_FOLDER})
         imported = passed = 0
         for uid, message_id, answers in headers:
             if message_id not in existing and known.intersection(answers):

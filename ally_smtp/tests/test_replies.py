@@ -258,6 +258,15 @@ class TestReplies(RepliesMixin, AllySmtpCase):
                 self.assertEqual(self.anywhere(later["Message-ID"]), 1)
         self.assertEqual(box.replies_imported, 1)
 
+    def test_the_sent_folder_key_set_over_rpc_silences_nothing(self):
+        """A context key is all a caller can send over RPC: set by hand on a
+        post, the Sent folder's key does not keep the post from its mail."""
+        maria = self.maria.with_context(ally_smtp_from_sent=True)
+        self.post(self.alice, maria, body="Forged quiet post")
+        sent = [m for m in self.smtp.messages() if m["login"] == "alice@agency.test"]
+        self.assertEqual(len(sent), 1)
+        self.assertIn("student1@school.test", sent[0]["rcpt_tos"])
+
     def test_two_runs_at_once_one_reads_the_mailbox(self):
         sent = self.post(self.alice, self.maria)
         answer = self.maria_answers(sent)
